@@ -1,0 +1,13 @@
+"""parl_core: train, attack and measure the diversity of ensembles (the PARL paper).
+
+Public API (DESIGN §4); every name below is stable.
+"""
+__version__ = "0.1.0"
+
+from .data import Dataset, load_dataset, default_eps_grid, augment_batch, DATASETS, TOY_2D  # noqa: E402
+from .models import build_model, ARCHS  # noqa: E402
+from .ensemble import Ensemble  # noqa: E402
+from .layergrad import layer_gradients  # noqa: E402
+from .losses import parl_loss, make_method, METHODS, method_label  # noqa: E402
+from .train import train, build_ensemble, evaluate_accuracy, mean_pairwise_r, default_device  # noqa: E402
+from .checkpoints import save_checkpoint, load_checkpoint, read_metadata, file_hash  # noqa: E402

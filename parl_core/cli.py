@@ -1,0 +1,271 @@
+"""Command line for long jobs: `python -m parl_core COMMAND ...`.
+
+  train     train an ensemble (any method) and write a checkpoint after every epoch;
+            Ctrl-C stops cleanly and keeps the last finished epoch; --resume continues
+            an interrupted run exactly.
+  info      a checkpoint's metadata, history summary and accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .checkpoints import load_checkpoint, read_metadata, sanitize_name, save_checkpoint
+from .data import DATASETS, TOY_2D, load_dataset
+from .losses import METHODS, method_label
+from .train import SCHEDULES, build_ensemble, evaluate_accuracy, train, training_meta
+
+DEFAULT_ARCH = {"digits": "smallcnn", "cifar10": "resnet20", "cifar100": "resnet20",
+                **{n: "mlp" for n in TOY_2D}}
+
+
+def _parse_value(text: str):
+    """'0.5' -> 0.5, '3' -> 3, 'true' -> True, 'none' -> None, else the string."""
+    low = text.lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _method_params(args) -> dict:
+    params = {}
+    for name in ("gamma1", "gamma2", "layers"):
+        v = getattr(args, name)
+        if v is not None:
+            params[name] = v
+    for item in args.param or []:
+        if "=" not in item:
+            raise SystemExit(f"--param expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        params[k.strip()] = _parse_value(v.strip())
+    return params
+
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="train an ensemble and save a checkpoint",
+                       description="Train an ensemble; a checkpoint is written after every epoch.")
+    p.add_argument("--dataset", default="digits", choices=DATASETS)
+    p.add_argument("--data-root", default=None, help="folder holding the CIFAR folders")
+    p.add_argument("--arch", default=None, help="resnet20 | smallcnn | mlp (default by dataset)")
+    p.add_argument("--width", type=int, default=None, help="model width (channels/units)")
+    p.add_argument("--members", type=int, default=3)
+    p.add_argument("--method", default="parl", help=f"one of: {', '.join(sorted(METHODS))}")
+    p.add_argument("--gamma1", type=float, default=None, help="PARL: weight of the CE term")
+    p.add_argument("--gamma2", type=float, default=None, help="PARL: weight of the pairwise term")
+    p.add_argument("--layers", type=int, default=None, help="PARL: first K layers (default min(7, L))")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE",
+                   help="any other method parameter, e.g. --param alpha=2.0 (repeatable)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--schedule", default="cosine", choices=SCHEDULES)
+    p.add_argument("--train-subset", type=int, default=None, help="train on N seeded examples")
+    p.add_argument("--eval-size", type=int, default=2000, help="test examples per epoch (0 = all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    p.add_argument("--no-augment", action="store_true", help="no crop/flip on CIFAR")
+    p.add_argument("--init", default=None, metavar="CKPT",
+                   help="start from this checkpoint's weights (e.g. DVERGE's warm start)")
+    p.add_argument("--out", default=None, help="checkpoint path (default checkpoints/<name>.safetensors)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run at --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+
+def _resume_path(out: Path) -> Path:
+    return out.with_name(out.name + ".resume.pt")
+
+
+def _run_settings(args, params) -> dict:
+    """What must match for --resume to continue a run exactly."""
+    keys = ("dataset", "arch", "width", "members", "method", "epochs", "batch_size", "lr",
+            "schedule", "train_subset", "eval_size", "seed", "no_augment", "init")
+    return {**{k: getattr(args, k) for k in keys}, "params": params}
+
+
+def cmd_train(args) -> int:
+    params = _method_params(args)
+    if args.method not in METHODS:
+        raise SystemExit(f"unknown method {args.method!r}; expected one of {', '.join(sorted(METHODS))}")
+    args.arch = args.arch or DEFAULT_ARCH[args.dataset]
+    name = f"{args.dataset}_{args.method}_s{args.seed}"
+    out = Path(args.out) if args.out else Path("checkpoints") / f"{name}.safetensors"
+    if out.suffix != ".safetensors":
+        out = out.with_name(sanitize_name(out.name) + ".safetensors")
+    resume_file = _resume_path(out)
+    settings = _run_settings(args, params)
+    resume = None
+    if args.resume:
+        if not resume_file.is_file():
+            raise SystemExit(f"--resume: no resume state {resume_file} (was the run started with --out {out}?)")
+        saved = torch.load(resume_file, weights_only=True)  # tensors and plain types only
+        if saved["settings"] != settings:
+            diff = {k: (saved["settings"].get(k), v) for k, v in settings.items()
+                    if saved["settings"].get(k) != v}
+            raise SystemExit(f"--resume: settings differ from the interrupted run (saved, now): {diff}")
+        resume = saved["state"]
+    elif out.exists() and not args.force:
+        raise SystemExit(f"{out} exists: pass --force to overwrite, --resume to continue it, "
+                         "or choose another --out")
+    train_ds = load_dataset(args.dataset, "train", args.data_root)
+    test_ds = load_dataset(args.dataset, "test", args.data_root)
+    if args.train_subset:
+        train_ds = train_ds.subset(args.train_subset, seed=args.seed)
+    kw = {"width": args.width} if args.width else {}
+    ens = build_ensemble(args.arch, args.members, train_ds, seed=args.seed, **kw)
+    if args.init and resume is None:
+        init, _ = load_checkpoint(args.init)
+        if len(init.members) != args.members:
+            raise SystemExit(f"--init {args.init} has {len(init.members)} members, --members is {args.members}")
+        ens.load_state_dict(init.state_dict())
+    info = train_ds.info
+    if info.get("n_batches") and info["n_batches"] < info["expected_batches"]:
+        print(f"note: {args.dataset} train: read {info['n_batches']} of {info['expected_batches']} "
+              f"batches ({len(train_ds)} images)", file=sys.stderr)
+    command = "python -m parl_core " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
+        if sys.argv and sys.argv[0].endswith(("parl_core", "__main__.py", "cli.py")) else None
+    meta_kw = dict(method=args.method, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
+                   lr=args.lr, schedule=args.schedule, augment=not args.no_augment,
+                   train_subset=args.train_subset, command=command, init=args.init)
+    bar = None if args.quiet else _ProgressBar()
+    stop = threading.Event()
+
+    def on_progress(ev):
+        if bar:
+            bar(ev)
+        if ev["event"] == "epoch":  # save every finished epoch: nothing finished is ever lost
+            save_checkpoint(out, ens, training_meta(train_ds, ev["state"]["history"],
+                                                    params=params_used, **meta_kw))
+            torch.save({"settings": settings, "state": ev["state"]}, resume_file)
+
+    from .losses import make_method
+    params_used = dict(make_method(args.method, **params).params)
+    if params_used.get("layers", 0) is None:
+        params_used["layers"] = min(7, min(m.num_layers for m in ens.members))
+    old = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        hist = train(ens, train_ds, test_ds, method=args.method, epochs=args.epochs,
+                     batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, seed=args.seed,
+                     device=args.device, augment=None if not args.no_augment else False, amp=args.amp,
+                     eval_size=args.eval_size or None, on_progress=on_progress, cancel=stop,
+                     resume=resume, **params)
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if bar:
+            bar.close()
+    if hist.cancelled:
+        print(f"interrupted after {len(hist)} finished epoch(s); {out} holds epoch {len(hist)}. "
+              f"Continue with the same command and --resume.", file=sys.stderr)
+        return 130
+    resume_file.unlink(missing_ok=True)
+    last = hist[-1]
+    print(f"saved {out}: {method_label(args.method)} ensemble test accuracy "
+          f"{last.get('test_acc', float('nan')):.4f}, mean pairwise R/K {last['r_mean']:.4f} "
+          f"(K_eval={last['k_eval']}), {last['time']:.1f}s")
+    return 0
+
+
+class _ProgressBar:
+    """tqdm over all steps of the run, with the epoch summary printed as it finishes."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, ev):
+        from tqdm import tqdm
+        if ev["event"] == "start":
+            self.bar = tqdm(total=ev["total_steps"], initial=ev["global_step"], unit="step",
+                            dynamic_ncols=True, file=sys.stderr)
+        elif ev["event"] == "step" and self.bar is not None:
+            self.bar.update(ev["global_step"] - self.bar.n)
+            self.bar.set_postfix(epoch=f"{ev['epoch']}/{ev['epochs']}", loss=f"{ev['loss']:.3f}")
+        elif ev["event"] == "epoch" and self.bar is not None:
+            r = ev["record"]
+            acc = r.get("test_acc")
+            self.bar.write(f"epoch {r['epoch']}: loss {r['loss']:.4f}"
+                           + (f", test acc {acc:.4f}" if acc is not None else "")
+                           + f", R/K {r['r_mean']:.4f}, {r['time']:.1f}s")
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _add_info(sub):
+    p = sub.add_parser("info", help="show a checkpoint's metadata, history and accuracy")
+    p.add_argument("checkpoint")
+    p.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    p.add_argument("--eval", action="store_true",
+                   help="recompute clean accuracy on the full test split")
+    p.add_argument("--data-root", default=None)
+    p.set_defaults(func=cmd_info)
+
+
+def cmd_info(args) -> int:
+    meta = read_metadata(args.checkpoint)
+    if args.json:
+        print(json.dumps(meta, indent=2))
+        return 0
+    cfg = meta["model"]
+    print(f"{args.checkpoint}")
+    print(f"  method     {method_label(meta.get('method', '?'))} ({meta.get('method')}) "
+          f"params {json.dumps(meta.get('params', {}))}")
+    print(f"  model      {meta['members']} x {cfg['arch']} ({cfg['num_classes']} classes, "
+          f"input {meta.get('input_shape')})")
+    print(f"  dataset    {meta.get('dataset')}  train size {meta.get('train_size')}")
+    print(f"  training   {meta.get('epochs_done')}/{meta.get('epochs')} epochs, batch "
+          f"{meta.get('batch_size')}, lr {meta.get('lr')} ({meta.get('schedule')}), seed {meta.get('seed')}")
+    print(f"  written    {meta.get('created')} by parl_core {meta.get('library_version')}")
+    if meta.get("command"):
+        print(f"  command    {meta['command']}")
+    hist = meta.get("history") or []
+    if hist:
+        print("  epoch   loss      test_acc  R/K")
+        for r in hist:
+            acc = r.get("test_acc")
+            print(f"  {r['epoch']:>5}   {r.get('loss', float('nan')):<8.4f}  "
+                  f"{'-' if acc is None else f'{acc:.4f}':<8}  {r.get('r_mean', float('nan')):.4f}")
+    if args.eval:
+        ens, meta = load_checkpoint(args.checkpoint)
+        test = load_dataset(meta["dataset"], "test", args.data_root,
+                            **{k: meta["dataset_info"][k] for k in ("n_samples", "noise", "seed")
+                               if k in meta.get("dataset_info", {})})
+        acc, members = evaluate_accuracy(ens, test)
+        print(f"  clean accuracy on {len(test)} test examples: ensemble {acc:.4f}, members "
+              + ", ".join(f"{a:.4f}" for a in members))
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m parl_core",
+                                     description=f"PARL Lab {__version__}: ensembles, attacks, diversity")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_info(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,347 @@
+"""Models with normalisation inside and an explicit list of layer outputs.
+
+Every model maps pixel-space inputs (DESIGN §3) to logits and, on request, returns
+the raw outputs of its conv (linear, for the MLP) layers in forward order, before
+batch norm, shortcut convs excluded: `logits, feats = model(x, return_features=True)`.
+That list is what PARL's "first K layers" and CKA's "layer-wise" both mean.
+
+Each model also knows how to compute PARL's layer gradients
+    g_k(x) = ∇_x Σ_f F^k_f(x),  k = 1..K
+as explicit vector-Jacobian products (`layer_input_grads`). The network is piecewise
+linear once batch-norm statistics are held constant (DESIGN §3), so g_k is a chain of
+transposed convolutions, ReLU masks and batch-norm scales. Written this way the
+double backward needed for training is a plain first-order backward of
+`conv_transpose2d`, much cheaper on CPU than autograd's double backward through
+convolutions and train-mode batch norm. `parl_core.layergrad` holds the generic
+autograd path and the parity test checks one against the other.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["build_model", "ARCHS", "ResNet20", "SmallCNN", "MLP", "BatchNorm2d",
+           "per_example_bn"]
+
+ARCHS = ("resnet20", "smallcnn", "mlp")
+
+
+# --------------------------------------------------------------------------- batch norm
+class BatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that can hold its statistics constant for per-example gradients.
+
+    With `detach_stats=True` (see `per_example_bn`), a train-mode forward normalises
+    with the *detached* batch statistics and leaves the running statistics alone, so
+    the gradient for one example does not depend on the others; values are unchanged.
+    """
+    detach_stats = False
+
+    def forward(self, x):
+        if not (self.detach_stats and self.training):
+            return super().forward(x)
+        mean, var = batch_stats(x)
+        return _bn_apply(x, mean, var, self)
+
+    def scale(self, feat: torch.Tensor) -> torch.Tensor:
+        """Per-channel slope γ/σ with σ held constant: batch σ of `feat` in train mode,
+        running σ in eval mode. Shape (1, C, 1, 1)."""
+        var = batch_stats(feat)[1] if self.training else self.running_var
+        return (self.weight / torch.sqrt(var + self.eps)).view(1, -1, 1, 1)
+
+
+def batch_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Detached per-channel batch mean and (biased) variance of (N, C, H, W)."""
+    x = x.detach()
+    return x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
+
+
+def _bn_apply(x, mean, var, bn):
+    inv = torch.rsqrt(var + bn.eps) * bn.weight
+    return (x - mean.view(1, -1, 1, 1)) * inv.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
+
+
+@contextlib.contextmanager
+def per_example_bn(model: nn.Module):
+    """Within this context every BatchNorm2d of `model` holds its statistics constant."""
+    bns = [m for m in model.modules() if isinstance(m, BatchNorm2d)]
+    for m in bns:
+        m.detach_stats = True
+    try:
+        yield model
+    finally:
+        for m in bns:
+            m.detach_stats = False
+
+
+def _conv_t(g: torch.Tensor, conv: nn.Conv2d, in_hw: tuple[int, int]) -> torch.Tensor:
+    """Transpose of `conv` (no bias) applied to a cotangent g: (S, Cout, h, w) -> (S, Cin, H, W)."""
+    s, p, k = conv.stride[0], conv.padding[0], conv.kernel_size[0]
+    out_pad = in_hw[0] - ((g.shape[-2] - 1) * s - 2 * p + k)
+    return F.conv_transpose2d(g, conv.weight, stride=s, padding=p, output_padding=out_pad)
+
+
+class _Normalized(nn.Module):
+    """Base: mean/std buffers, `config` for checkpoints, features on request."""
+
+    def __init__(self, config: dict, mean, std, shape):
+        super().__init__()
+        self.config = config
+        c = config["in_channels"]
+        mean = [0.0] * c if mean is None else list(mean)
+        std = [1.0] * c if std is None else list(std)
+        if len(mean) != c or len(std) != c:
+            raise ValueError(f"mean/std need {c} values (one per input channel), got "
+                             f"{len(mean)} and {len(std)}")
+        if min(std) <= 0:
+            raise ValueError(f"std must be positive, got {std}")
+        config["mean"], config["std"] = mean, std
+        self.register_buffer("mean", torch.tensor(mean).view(shape))
+        self.register_buffer("std", torch.tensor(std).view(shape))
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layer_modules())
+
+    def forward(self, x, return_features: bool = False):
+        logits, feats, _ = self.forward_trace(x)
+        return (logits, feats) if return_features else logits
+
+
+# --------------------------------------------------------------------------- ResNet20
+class _Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv_a = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn_a = BatchNorm2d(cout)
+        self.conv_b = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn_b = BatchNorm2d(cout)
+        self.short = None
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, 0, bias=False),
+                                       BatchNorm2d(cout))
+
+    def forward(self, h, feats):
+        fa = self.conv_a(h)
+        u = F.relu(self.bn_a(fa))
+        fb = self.conv_b(u)
+        o = self.bn_b(fb) + (h if self.short is None else self.short(h))
+        feats += [fa, fb]
+        return F.relu(o), (u > 0, o > 0)
+
+    def back_a(self, gfa, h_hw):
+        s, n = gfa.shape[:2]
+        out = _conv_t(gfa.flatten(0, 1), self.conv_a, h_hw)
+        return out.view(s, n, *out.shape[1:])
+
+
+class ResNet20(_Normalized):
+    """He et al. (2016) CIFAR ResNet20: 3x3 stem (16 ch), 3 stages x 3 basic blocks at
+    16/32/64 channels, stride 2 at the start of stages 2 and 3, 1x1 conv + BN shortcut
+    when the shape changes, global average pool, linear. 19 layers in `feats`."""
+
+    def __init__(self, num_classes=10, in_channels=3, mean=None, std=None, width=16):
+        super().__init__({"arch": "resnet20", "num_classes": num_classes,
+                          "in_channels": in_channels, "width": width},
+                         mean, std, (1, in_channels, 1, 1))
+        w = width
+        self.conv1 = nn.Conv2d(in_channels, w, 3, 1, 1, bias=False)
+        self.bn1 = BatchNorm2d(w)
+        blocks, cin = [], w
+        for stage, cout in enumerate([w, 2 * w, 4 * w]):
+            for i in range(3):
+                blocks.append(_Block(cin, cout, 2 if (stage > 0 and i == 0) else 1))
+                cin = cout
+        self.blocks = nn.ModuleList(blocks)
+        self.fc = nn.Linear(cin, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def layer_modules(self):
+        return [self.conv1] + [c for b in self.blocks for c in (b.conv_a, b.conv_b)]
+
+    def forward_trace(self, x):
+        f1 = self.conv1((x - self.mean) / self.std)
+        pre = self.bn1(f1)
+        h = F.relu(pre)
+        feats, trace = [f1], {"x": x, "ins": [], "masks": [pre > 0]}
+        for b in self.blocks:
+            trace["ins"].append(h)
+            h, masks = b(h, feats)
+            trace["masks"].append(masks)
+        logits = self.fc(h.mean((2, 3)))
+        return logits, feats, trace
+
+    def layer_input_grads(self, feats, trace, k: int) -> torch.Tensor:
+        """(k, N, C, H, W): g_1..g_k, from the trace of one forward (see module doc)."""
+        x = trace["x"]
+        n = x.shape[0]
+        nb = (k - 1 + 1) // 2  # blocks that hold a source layer (layers 2b, 2b+1)
+        g = None  # (S, N, C, H, W): cotangents of the S sources seen so far, at a block output
+        order = []  # source layer number of each slice of g
+        for b in range(nb - 1, -1, -1):
+            blk = self.blocks[b]
+            h, fa, fb = trace["ins"][b], feats[1 + 2 * b], feats[2 + 2 * b]
+            mu, mo = trace["masks"][b + 1]
+            if g is not None:
+                g = self._block_back(blk, g, h, fa, fb, mu, mo)
+            new = [self._src_a(blk, fa, h)]  # layer 2b+2 (1-based: a-conv of block b)
+            order_new = [2 + 2 * b]
+            if 3 + 2 * b <= k:  # b-conv of block b
+                ones = fb.new_ones((1, 1) + fb.shape[1:])
+                gu = _conv_t(ones.flatten(0, 1), blk.conv_b, fa.shape[-2:]).unsqueeze(0)
+                new.insert(0, blk.back_a(gu * mu * blk.bn_a.scale(fa), h.shape[-2:]))
+                order_new.insert(0, 3 + 2 * b)
+            new = [t.expand(1, n, *t.shape[2:]) for t in new]
+            g = torch.cat(([g] if g is not None else []) + new, 0)
+            order += order_new
+        # stem: cotangent at relu(bn1(f1)) -> input
+        f1 = feats[0]
+        hw = x.shape[-2:]
+        parts = []
+        if g is not None:
+            s = g.shape[0]
+            gf = (g * trace["masks"][0] * self.bn1.scale(f1)).flatten(0, 1)
+            parts.append(_conv_t(gf, self.conv1, hw).view(s, n, *x.shape[1:]))
+        ones = f1.new_ones((1,) + f1.shape[1:])
+        parts.append(_conv_t(ones, self.conv1, hw).unsqueeze(0).expand(1, n, *x.shape[1:]))
+        order.append(1)
+        out = torch.cat(parts, 0) / self.std  # d x_norm / d x = 1/std
+        perm = sorted(range(len(order)), key=lambda i: order[i])
+        return out[perm]
+
+    @staticmethod
+    def _src_a(blk, fa, h):
+        ones = fa.new_ones((1,) + fa.shape[1:])
+        return _conv_t(ones, blk.conv_a, h.shape[-2:]).unsqueeze(0)
+
+    @staticmethod
+    def _block_back(blk, g, h, fa, fb, mu, mo):
+        g = g * mo
+        s, n = g.shape[:2]
+        gu = _conv_t((g * blk.bn_b.scale(fb)).flatten(0, 1), blk.conv_b, fa.shape[-2:])
+        gh = blk.back_a(gu.view(s, n, *fa.shape[1:]) * mu * blk.bn_a.scale(fa), h.shape[-2:])
+        if blk.short is None:
+            return gh + g
+        conv, bn = blk.short
+        fs = conv(h.detach())  # only its batch variance is used, held constant
+        gs = _conv_t((g * bn.scale(fs)).flatten(0, 1), conv, h.shape[-2:])
+        return gh + gs.view(s, n, *h.shape[1:])
+
+
+# --------------------------------------------------------------------------- SmallCNN
+class SmallCNN(_Normalized):
+    """A small all-conv network for 8x8 digits: 4 conv layers (3x3; strides 1, 2, 1, 2;
+    channels w, 2w, 2w, 4w), each followed by batch norm and ReLU, then global average
+    pool and linear. Strided convs instead of pooling keep every layer a plain chain."""
+
+    def __init__(self, num_classes=10, in_channels=1, mean=None, std=None, width=16):
+        super().__init__({"arch": "smallcnn", "num_classes": num_classes,
+                          "in_channels": in_channels, "width": width},
+                         mean, std, (1, in_channels, 1, 1))
+        w = width
+        chans = [in_channels, w, 2 * w, 2 * w, 4 * w]
+        strides = [1, 2, 1, 2]
+        self.convs = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], 3, strides[i], 1, bias=False)
+                                   for i in range(4))
+        self.bns = nn.ModuleList(BatchNorm2d(c) for c in chans[1:])
+        self.fc = nn.Linear(chans[-1], num_classes)
+
+    def layer_modules(self):
+        return list(self.convs)
+
+    def forward_trace(self, x):
+        h = (x - self.mean) / self.std
+        feats, ins, masks = [], [], []
+        for conv, bn in zip(self.convs, self.bns):
+            ins.append(h)
+            f = conv(h)
+            pre = bn(f)
+            h = F.relu(pre)
+            feats.append(f)
+            masks.append(pre > 0)
+        return self.fc(h.mean((2, 3))), feats, {"x": x, "ins": ins, "masks": masks}
+
+    def layer_input_grads(self, feats, trace, k: int) -> torch.Tensor:
+        n = trace["x"].shape[0]
+        g = None
+        for j in range(k - 1, -1, -1):  # 0-based layer j
+            conv, hw = self.convs[j], trace["ins"][j].shape[-2:]
+            if g is not None:  # through relu(bn(F_j)) then conv_j^T
+                s = g.shape[0]
+                gf = (g * trace["masks"][j] * self.bns[j].scale(feats[j])).flatten(0, 1)
+                g = _conv_t(gf, conv, hw).view(s, n, *trace["ins"][j].shape[1:])
+            ones = feats[j].new_ones((1,) + feats[j].shape[1:])
+            src = _conv_t(ones, conv, hw).unsqueeze(0).expand(1, n, *trace["ins"][j].shape[1:])
+            g = src if g is None else torch.cat([g, src], 0)
+        # slices are ordered layer k..1; flip to 1..k
+        return g.flip(0) / self.std
+
+
+# --------------------------------------------------------------------------- MLP
+class MLP(_Normalized):
+    """Fully connected ReLU network for 2-D sets: `depth` hidden layers of `width` units.
+    Layer outputs are the hidden pre-activations (the output layer is not counted)."""
+
+    def __init__(self, num_classes=2, in_channels=2, mean=None, std=None, width=32, depth=3):
+        if depth < 1 or width < 1:
+            raise ValueError(f"mlp needs depth >= 1 and width >= 1, got depth={depth}, width={width}")
+        super().__init__({"arch": "mlp", "num_classes": num_classes, "in_channels": in_channels,
+                          "width": width, "depth": depth}, mean, std, (1, in_channels))
+        dims = [in_channels] + [width] * depth
+        self.linears = nn.ModuleList(nn.Linear(dims[i], dims[i + 1]) for i in range(depth))
+        self.fc = nn.Linear(width, num_classes)
+
+    def layer_modules(self):
+        return list(self.linears)
+
+    def forward_trace(self, x):
+        h = (x - self.mean) / self.std
+        feats, masks = [], []
+        for lin in self.linears:
+            f = lin(h)
+            h = F.relu(f)
+            feats.append(f)
+            masks.append(f > 0)
+        return self.fc(h), feats, {"x": x, "masks": masks}
+
+    def layer_input_grads(self, feats, trace, k: int) -> torch.Tensor:
+        n = trace["x"].shape[0]
+        out = []
+        for j in range(k):
+            g = self.linears[j].weight.sum(0).expand(n, -1)  # ∇ Σ_f F^j_f wrt its input
+            for i in range(j - 1, -1, -1):
+                g = (g * trace["masks"][i]) @ self.linears[i].weight
+            out.append(g)
+        return torch.stack(out) / self.std
+
+
+# --------------------------------------------------------------------------- factory
+def build_model(arch: str, num_classes: int, in_channels: int = 3, *, mean=None, std=None,
+                seed: int | None = None, **kwargs) -> nn.Module:
+    """Build a model by name.
+
+    arch: "resnet20" | "smallcnn" | "mlp"; in_channels is the input dimension for mlp.
+    mean/std: per-channel normalisation stored as buffers (and in the checkpoint).
+    seed: when given, the initial weights are drawn from torch.manual_seed(seed).
+    kwargs: width (all), depth (mlp).
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHS)}")
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    if not isinstance(in_channels, int) or in_channels < 1:
+        raise ValueError(f"in_channels must be an int >= 1, got {in_channels!r}")
+    allowed = {"resnet20": {"width"}, "smallcnn": {"width"}, "mlp": {"width", "depth"}}[arch]
+    bad = set(kwargs) - allowed
+    if bad:
+        raise ValueError(f"{arch} does not take {sorted(bad)}; it takes {sorted(allowed)}")
+    cls = {"resnet20": ResNet20, "smallcnn": SmallCNN, "mlp": MLP}[arch]
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(num_classes, in_channels, mean, std, **kwargs)
+    return cls(num_classes, in_channels, mean, std, **kwargs)

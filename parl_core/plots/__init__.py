@@ -1,0 +1,2 @@
+"""Plotly figure builders: arrays in, `plotly.graph_objects.Figure` out; never shown,
+never trained (DESIGN §2). One submodule per view; public names re-exported here."""
