@@ -238,7 +238,7 @@ class SmallCNN(_Normalized):
     channels w, 2w, 2w, 4w), each followed by batch norm and ReLU, then global average
     pool and linear. Strided convs instead of pooling keep every layer a plain chain."""
 
-    def __init__(self, num_classes=10, in_channels=1, mean=None, std=None, width=16):
+    def __init__(self, num_classes=10, in_channels=1, mean=None, std=None, width=8):
         super().__init__({"arch": "smallcnn", "num_classes": num_classes,
                           "in_channels": in_channels, "width": width},
                          mean, std, (1, in_channels, 1, 1))

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Rebuilds the shipped checkpoints. Run from the repository root: bash checkpoints/make.sh
+set -euo pipefail
+common="--dataset digits --members 3 --epochs 15 --batch-size 64 --quiet --force"
+python -m parl_core train $common --method ce_only --seed 0   --out checkpoints/digits_ens_u.safetensors
+python -m parl_core train $common --method parl    --seed 0   --out checkpoints/digits_parl.safetensors
+# A separately seeded plain ensemble: the black-box surrogate.
+python -m parl_core train $common --method ce_only --seed 100 --out checkpoints/digits_surrogate.safetensors
