@@ -1,0 +1,50 @@
+"""Waiting on Streamlit's own signals in a real browser (Playwright), never on sleeps.
+
+The app root `[data-testid="stApp"]` carries two attributes the Streamlit frontend keeps
+current: `data-test-connection-state` ("CONNECTED" once the websocket is up) and
+`data-test-script-state` ("initial", "running", "notRunning", ...). A page is ready when
+it is connected and no script run is in progress.
+"""
+from __future__ import annotations
+
+APP = '[data-testid="stApp"]'
+READY = f'{APP}[data-test-connection-state="CONNECTED"][data-test-script-state="notRunning"]'
+
+# Installed before an action: remembers whether the script state went to "running" since,
+# so that `act` cannot mistake the quiet moment *before* a rerun for its end.
+_WATCH_JS = """() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  window.__parlSawRun = false;
+  if (window.__parlObs) window.__parlObs.disconnect();
+  window.__parlObs = new MutationObserver(() => {
+    if (app.getAttribute('data-test-script-state') === 'running') window.__parlSawRun = true;
+  });
+  window.__parlObs.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+}"""
+
+
+def wait_for_app(page, timeout: float = 30_000) -> None:
+    """Block until the app is connected and its script is not running (ms timeout)."""
+    page.wait_for_selector(READY, state="attached", timeout=timeout)
+
+
+def act(page, action, timeout: float = 30_000) -> None:
+    """Do `action()` (a click, a fill...) that triggers a rerun, then wait for that rerun
+    to start and finish. For actions that trigger no rerun use `wait_for_app` instead."""
+    wait_for_app(page, timeout)
+    page.evaluate(_WATCH_JS)
+    action()
+    page.wait_for_function("() => window.__parlSawRun === true", timeout=timeout)
+    wait_for_app(page, timeout)
+
+
+def goto_page(page, base_url: str, url_path: str = "", timeout: float = 30_000) -> None:
+    """Open `base_url/url_path` (a page of st.navigation) and wait for its first render."""
+    page.goto(base_url.rstrip("/") + "/" + url_path.lstrip("/"))
+    wait_for_app(page, timeout)
+
+
+def click_sidebar_link(page, label: str, timeout: float = 30_000) -> None:
+    """Navigate with the sidebar's st.navigation link named `label` and wait for the run."""
+    link = page.locator('[data-testid="stSidebarNav"] a', has_text=label).first
+    act(page, link.click, timeout)
