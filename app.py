@@ -1,0 +1,39 @@
+"""PARL Lab dashboard: `streamlit run app.py`.
+
+Navigation over the pages in pages/, and the sidebar every page shares. Pages are thin:
+they read widgets, call parl_core through the caches in dashboard/, and show figures
+built by parl_core.plots.
+"""
+from pathlib import Path
+
+import streamlit as st
+
+from dashboard import sidebar
+
+st.set_page_config(page_title="PARL Lab", page_icon=":material/hub:", layout="wide")
+
+HERE = Path(__file__).parent
+PAGES = [
+    ("pages/home.py", "Home", ":material/home:"),
+    ("pages/train.py", "Train", ":material/model_training:"),
+    ("pages/gradients.py", "Gradients", ":material/gradient:"),
+    ("pages/diversity.py", "Diversity", ":material/grid_on:"),
+    ("pages/robustness.py", "Robustness", ":material/shield:"),
+    ("pages/checkpoints.py", "Checkpoints", ":material/inventory_2:"),
+    ("pages/playground.py", "Playground", ":material/scatter_plot:"),  # when it exists
+]
+
+pages = [st.Page(path, title=title, icon=icon, default=(i == 0))
+         for i, (path, title, icon) in enumerate(PAGES) if (HERE / path).exists()]
+current = st.navigation(pages)
+
+# ?page=gradients opens that page (st.navigation also understands /gradients).
+wanted = st.query_params.get("page")
+if wanted and not st.session_state.get("_page_from_url"):
+    st.session_state["_page_from_url"] = True
+    for p in pages:
+        if wanted.lower() in (p.url_path.lower(), p.title.lower()) and p.url_path != current.url_path:
+            st.switch_page(p)
+
+sidebar.render()
+current.run()

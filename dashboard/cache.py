@@ -1,0 +1,114 @@
+"""Streamlit caching of everything the pages load or compute (the only caching layer).
+
+Ensembles are cached as resources keyed by (path, sha256), so a checkpoint replaced
+under the same name is reloaded; datasets and analyses are cached as data keyed by
+their settings. Functions here return plain values; errors propagate to the page,
+which shows them with `dashboard.ui.show_error`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+import torch
+
+import parl_core as pc
+from parl_core.checkpoints import CheckpointError, list_checkpoints
+
+from . import config
+
+
+def _stat_key(path: Path) -> tuple:
+    s = path.stat()
+    return (str(path), s.st_size, s.st_mtime_ns)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _hash(key: tuple) -> str:
+    return pc.file_hash(key[0])
+
+
+def checkpoint_hash(path) -> str:
+    """sha256 of a checkpoint, recomputed only when its size or mtime changes."""
+    return _hash(_stat_key(Path(path)))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _meta(key: tuple) -> dict:
+    return pc.read_metadata(key[0])
+
+
+def metadata(path) -> dict:
+    """The checkpoint's metadata (cached until the file changes)."""
+    return _meta(_stat_key(Path(path)))
+
+
+def checkpoints() -> dict[str, Path]:
+    """{stem: path} of the readable checkpoints in the checkpoint folder, sorted by name."""
+    out = {}
+    for p in list_checkpoints(config.checkpoint_dir()):
+        try:
+            metadata(p)
+        except (CheckpointError, OSError, ValueError):
+            continue  # a broken file is reported on the Checkpoints page, not everywhere
+        out[p.stem] = p
+    return out
+
+
+def broken_checkpoints() -> dict[str, str]:
+    """{file name: reason} for files in the folder that cannot be read as checkpoints."""
+    bad = {}
+    for p in list_checkpoints(config.checkpoint_dir()):
+        try:
+            metadata(p)
+        except (CheckpointError, OSError, ValueError) as e:
+            bad[p.name] = str(e)
+    return bad
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _ensemble(path: str, sha: str):
+    ens, meta = pc.load_checkpoint(path, device=pc.default_device())
+    return ens, meta
+
+
+def load_ensemble(path):
+    """(ens, meta) of a checkpoint, eval mode, on the default device; shared by sessions.
+    Never mutate the returned ensemble (it is shared); copy it first."""
+    path = Path(path)
+    return _ensemble(str(path), checkpoint_hash(path))
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def load_dataset(name: str, split: str):
+    """A parl_core Dataset (shared, read-only)."""
+    return pc.load_dataset(name, split, config.data_root())
+
+
+def dataset_available(name: str) -> bool:
+    if name.startswith("cifar"):
+        from parl_core.data import cifar_available
+        return cifar_available(name, config.data_root())
+    return True
+
+
+def data_hint(name: str) -> str:
+    """What to do when a dataset's files are missing."""
+    from parl_core.data import find_data_root
+    folder = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}.get(name, name)
+    root = find_data_root(config.data_root()).resolve()
+    return (f"Put the canonical `{folder}` folder (the CIFAR 'python version') under `{root}` "
+            f"or point the environment variable PARL_DATA at the folder that holds it, then reload.")
+
+
+def device_label() -> str:
+    dev = pc.default_device()
+    if dev.type == "cuda":
+        return f"GPU ({torch.cuda.get_device_name(0)})"
+    return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def to_numpy(t) -> np.ndarray:
+    return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)

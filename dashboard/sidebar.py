@@ -1,0 +1,38 @@
+"""The sidebar shown on every page: active checkpoint, its dataset (and whether the data
+is here), the compute device, classroom mode and running training jobs."""
+from __future__ import annotations
+
+import streamlit as st
+
+import parl_core as pc
+
+from . import cache, config, jobs, state
+
+
+def render() -> None:
+    names = list(cache.checkpoints())
+    with st.sidebar:
+        if not names:
+            st.warning("No checkpoints yet. Train one on the **Train** page.")
+        else:
+            cur = state.active_checkpoint()
+            if st.session_state.get("_sb_checkpoint") != cur:  # changed elsewhere (URL, a page)
+                st.session_state["_sb_checkpoint"] = cur
+            st.selectbox("Active checkpoint", names, format_func=state.label, key="_sb_checkpoint",
+                         on_change=lambda: state.set_checkpoint(st.session_state["_sb_checkpoint"]),
+                         help="Used by every page; shared in the URL (?checkpoint=).")
+            st.query_params["checkpoint"] = cur
+            meta = cache.metadata(cache.checkpoints()[cur])
+            ds = meta.get("dataset", "?")
+            ok = cache.dataset_available(ds)
+            st.markdown(f"**Method** {pc.method_label(meta.get('method', '?'))} · "
+                        f"**members** {meta.get('members')} · **{meta.get('model', {}).get('arch', '?')}**")
+            st.markdown(f"**Dataset** `{ds}` " + ("· data available ✅" if ok else "· data missing ⚠️"))
+            if not ok:
+                st.caption(cache.data_hint(ds))
+        st.markdown(f"**Device** {cache.device_label()}")
+        n = len(jobs.active_jobs())
+        if n:
+            st.markdown(f"**Training jobs** {n}/{config.max_jobs()} running")
+        if config.readonly():
+            st.info("Classroom mode: uploads, renames and deletes are off.", icon=":material/lock:")

@@ -1,0 +1,73 @@
+"""Shared selections: st.session_state, mirrored in the URL's query parameters
+(`checkpoint`, `example`, `page`) so that a view can be shared and reloaded.
+
+Pages stand alone: every getter falls back to a sensible default when the shared
+state is absent (a page opened directly, or run by AppTest by itself).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from . import cache
+
+PREFERRED = ("digits_parl", "digits_ens_u")
+
+
+def default_checkpoint(names) -> str | None:
+    names = list(names)
+    for p in PREFERRED:
+        if p in names:
+            return p
+    return names[0] if names else None
+
+
+def active_checkpoint() -> str | None:
+    """The stem of the active checkpoint: session state, else ?checkpoint=, else default."""
+    names = cache.checkpoints()
+    cur = st.session_state.get("checkpoint")
+    if cur not in names:
+        cur = st.query_params.get("checkpoint")
+    if cur not in names:
+        cur = default_checkpoint(names)
+    st.session_state["checkpoint"] = cur
+    return cur
+
+
+def set_checkpoint(name: str) -> None:
+    st.session_state["checkpoint"] = name
+    st.query_params["checkpoint"] = name
+
+
+def active_path() -> Path | None:
+    name = active_checkpoint()
+    return cache.checkpoints().get(name) if name else None
+
+
+def by_method(method: str, dataset: str | None = None) -> str | None:
+    """A checkpoint trained with `method` (the shipped one first), for paper-style pairs."""
+    names = cache.checkpoints()
+    ranked = sorted(names, key=lambda n: (n not in PREFERRED, n))
+    for n in ranked:
+        m = cache.metadata(names[n])
+        if m.get("method") == method and (dataset is None or m.get("dataset") == dataset):
+            return n
+    return None
+
+
+def query_int(name: str, default: int) -> int:
+    try:
+        return int(st.query_params.get(name, default))
+    except (TypeError, ValueError):
+        return default
+
+
+def label(name: str) -> str:
+    """'digits_parl — PARL · digits · 3 members' for select boxes."""
+    path = cache.checkpoints().get(name)
+    if path is None:
+        return name
+    m = cache.metadata(path)
+    import parl_core as pc
+    return f"{name} — {pc.method_label(m.get('method', '?'))} · {m.get('dataset')} · {m.get('members')}×"

@@ -1,0 +1,31 @@
+"""Tables built from checkpoint metadata (no computation beyond reading headers)."""
+from __future__ import annotations
+
+import pandas as pd
+
+import parl_core as pc
+
+from . import cache
+
+
+def _params(meta: dict) -> str:
+    p = {k: v for k, v in (meta.get("params") or {}).items() if k != "grad_method" and v is not None}
+    return ", ".join(f"{k}={v}" for k, v in p.items()) or "—"
+
+
+def checkpoint_table() -> pd.DataFrame:
+    """One row per readable checkpoint: name, method, dataset, members, hyperparameters,
+    clean accuracy, mean R/K, epochs, created."""
+    rows = []
+    for name, path in cache.checkpoints().items():
+        m = cache.metadata(path)
+        rows.append({"checkpoint": name, "method": pc.method_label(m.get("method", "?")),
+                     "dataset": m.get("dataset"), "members": m.get("members"),
+                     "arch": (m.get("model") or {}).get("arch"), "hyperparameters": _params(m),
+                     "clean_acc": m.get("clean_acc"), "mean_R_per_layer": m.get("r_mean"),
+                     "epochs": m.get("epochs_done", m.get("epochs")), "seed": m.get("seed"),
+                     "created": m.get("created"), "size_kB": round(path.stat().st_size / 1024, 1)})
+    return pd.DataFrame(rows)
+
+
+ACC_FMT = {"clean_acc": "{:.1%}", "mean_R_per_layer": "{:+.3f}"}

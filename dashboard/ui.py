@@ -1,0 +1,99 @@
+"""Showing results: figures and tables with a caption, provenance on demand and downloads;
+errors as st.error with what to do.
+
+Downloads: tables as CSV; figures as a self-contained HTML file (plotly.js inlined, so it
+opens offline) generated only when the button is clicked, and as PNG through the camera
+icon of the figure's own toolbar (rendered by the browser; no kaleido needed).
+"""
+from __future__ import annotations
+
+import json
+import platform
+import re
+
+import streamlit as st
+
+import parl_core as pc
+
+from . import cache
+
+_PNG_NOTE = "PNG: the camera icon at the top right of the figure."
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_")[:60] or "figure"
+
+
+def versions() -> dict:
+    import plotly
+    import torch
+    return {"parl_core": pc.__version__, "torch": torch.__version__, "streamlit": st.__version__,
+            "plotly": plotly.__version__, "python": platform.python_version()}
+
+
+def provenance(checkpoints=(), settings: dict | None = None, command: str | None = None) -> dict:
+    """Everything needed to reproduce a view: checkpoint names and hashes, settings,
+    library versions and the equivalent command line."""
+    ck = []
+    for p in checkpoints:
+        try:
+            ck.append({"name": p.name, "sha256": cache.checkpoint_hash(p)})
+        except OSError:
+            ck.append({"name": str(p), "sha256": None})
+    out = {"checkpoints": ck, "settings": settings or {}, "versions": versions()}
+    if command:
+        out["command"] = command
+    return out
+
+
+def _provenance_block(prov: dict | None) -> None:
+    if not prov:
+        return
+    with st.expander("Provenance"):
+        if prov.get("command"):
+            st.code(prov["command"], language="bash")
+        st.json({k: v for k, v in prov.items() if k != "command"}, expanded=False)
+
+
+def show_figure(fig, caption: str, *, key: str, prov: dict | None = None, title: str | None = None,
+                height: int | None = None) -> None:
+    """A plotly figure, its caption, its provenance (expander) and an HTML download."""
+    name = _slug(title or key)
+    st.plotly_chart(fig, key=f"fig_{key}", config={
+        "displaylogo": False, "toImageButtonOptions": {"format": "png", "filename": name, "scale": 2}})
+    st.caption(caption)
+    cols = st.columns([1, 3])
+    with cols[0]:
+        st.download_button("HTML", data=lambda: fig.to_html(include_plotlyjs=True, full_html=True),
+                           file_name=f"{name}.html", mime="text/html", key=f"dl_{key}",
+                           on_click="ignore", icon=":material/download:", help=_PNG_NOTE)
+    with cols[1]:
+        _provenance_block(prov)
+
+
+def show_table(df, caption: str, *, key: str, prov: dict | None = None, title: str | None = None,
+               **kwargs) -> None:
+    """A dataframe, its caption, a CSV download and its provenance."""
+    st.dataframe(df, key=f"tbl_{key}", **kwargs)
+    st.caption(caption)
+    cols = st.columns([1, 3])
+    with cols[0]:
+        st.download_button("CSV", data=lambda: df.to_csv(index=False), file_name=f"{_slug(title or key)}.csv",
+                           mime="text/csv", key=f"dl_{key}", on_click="ignore",
+                           icon=":material/download:")
+    with cols[1]:
+        _provenance_block(prov)
+
+
+def show_error(what: str, err: BaseException | str, todo: str) -> None:
+    """An error a person can act on: what failed, why, and what to do (no traceback)."""
+    st.error(f"**{what}.** {err}\n\n{todo}", icon=":material/error:")
+
+
+def missing_module(feature: str, module: str) -> None:
+    st.info(f"{feature} arrives with `{module}`, which is being built; this view turns on "
+            "by itself once it is installed.", icon=":material/construction:")
+
+
+def meta_json(meta: dict) -> str:
+    return json.dumps(meta, indent=1, default=str)
