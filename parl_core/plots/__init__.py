@@ -1,2 +1,3 @@
 """Plotly figure builders: arrays in, `plotly.graph_objects.Figure` out; never shown,
 never trained (DESIGN §2). One submodule per view; public names re-exported here."""
+from .training import *  # noqa: F401,F403
