@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard import sidebar
+from dashboard import sidebar, state
 
 st.set_page_config(page_title="PARL Lab", page_icon=":material/hub:", layout="wide")
 
@@ -35,5 +35,6 @@ if wanted and not st.session_state.get("_page_from_url"):
         if wanted.lower() in (p.url_path.lower(), p.title.lower()) and p.url_path != current.url_path:
             st.switch_page(p)
 
+state.keep_widget_state()
 sidebar.render()
 current.run()

@@ -71,3 +71,20 @@ def label(name: str) -> str:
     m = cache.metadata(path)
     import parl_core as pc
     return f"{name} — {pc.method_label(m.get('method', '?'))} · {m.get('dataset')} · {m.get('members')}×"
+
+
+KEEP = "k_"  # widget keys with this prefix keep their value when the person changes page
+
+
+def keep_widget_state() -> None:
+    """Re-store persistent widget values so that Streamlit does not drop them while their
+    page is not shown (app.py calls this before every page)."""
+    for k in list(st.session_state.keys()):
+        if isinstance(k, str) and k.startswith(KEEP):
+            st.session_state[k] = st.session_state[k]
+
+
+def default(key: str, value) -> None:
+    """Give a persistent widget its initial value (widgets then take no value= argument)."""
+    if key not in st.session_state:
+        st.session_state[key] = value

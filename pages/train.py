@@ -1,0 +1,176 @@
+"""Train: pick a dataset, architecture and method, estimate the run time, train in the
+background with live progress, and save the result as a checkpoint."""
+import streamlit as st
+
+import parl_core as pc
+import parl_core.plots as pp
+from parl_core.cli import DEFAULT_ARCH
+from parl_core.data import TOY_2D
+
+from dashboard import cache, config, jobs, methods, state, ui
+
+K = state.KEEP
+st.title("Train an ensemble")
+st.caption("Training runs on the server in the background: you can visit other pages and come "
+           "back. The result is saved as a checkpoint and appears in every page's list.")
+
+DATASETS = ["digits", *TOY_2D, "cifar10", "cifar100"]
+
+
+def _archs(ds: str) -> list[str]:
+    return ["mlp"] if ds in TOY_2D else ["smallcnn", "resnet20"]
+
+
+def _reset_arch():
+    st.session_state[f"{K}tr_arch"] = DEFAULT_ARCH[st.session_state[f"{K}tr_dataset"]]
+
+
+@st.cache_data(show_spinner=False)
+def _n_layers(arch: str, in_ch: int) -> int:
+    return pc.build_model(arch, 10, in_ch).num_layers
+
+
+def _unique_name(base: str) -> str:
+    names, n, name = cache.checkpoints(), 2, base
+    while name in names or jobs.checkpoint_path(name).exists():
+        name, n = f"{base}_{n}", n + 1
+    return name
+
+
+def settings_form() -> tuple[jobs.TrainSettings | None, bool]:
+    """The widgets; returns (settings or None if invalid, data available)."""
+    state.default(f"{K}tr_dataset", "digits")
+    state.default(f"{K}tr_arch", "smallcnn")
+    c = st.columns(4)
+    ds = c[0].selectbox("Dataset", DATASETS, key=f"{K}tr_dataset", on_change=_reset_arch,
+                        help="digits: 8×8 handwritten digits, trains in seconds on a CPU. "
+                             "2-D sets: two input features. CIFAR: needs its folder and a GPU.")
+    if st.session_state[f"{K}tr_arch"] not in _archs(ds):
+        _reset_arch()
+    arch = c[1].selectbox("Architecture", _archs(ds), key=f"{K}tr_arch")
+    for k, v in (("members", 3), ("epochs", 15), ("batch", 64), ("seed", 0), ("subset", 0)):
+        state.default(f"{K}tr_{k}", v)
+    state.default(f"{K}tr_lr", 1e-3)
+    members = c[2].slider("Members", 2, 5, key=f"{K}tr_members")
+    state.default(f"{K}tr_method", "parl")
+    method = c[3].selectbox("Method", methods.method_options(), key=f"{K}tr_method",
+                            format_func=pc.method_label)
+    available = cache.dataset_available(ds)
+    if not available:
+        ui.show_error(f"The {ds} data is not on this server", "Its folder was not found.", cache.data_hint(ds))
+    in_ch = 3 if ds.startswith("cifar") else (2 if ds in TOY_2D else 1)
+    params = methods.param_widgets(method, _n_layers(arch, in_ch))
+    c = st.columns(5)
+    epochs = c[0].number_input("Epochs", 1, 300, key=f"{K}tr_epochs")
+    batch = c[1].number_input("Batch size", 2, 1024, key=f"{K}tr_batch")
+    lr = c[2].number_input("Learning rate", 1e-5, 1.0, key=f"{K}tr_lr", format="%g", step=1e-4)
+    subset = c[3].number_input("Training subset (0 = all)", 0, 100_000, key=f"{K}tr_subset", step=100)
+    seed = c[4].number_input("Seed", 0, 10_000, key=f"{K}tr_seed")
+    auto = _unique_name(f"{ds}_{method}_s{seed}")
+    c = st.columns([3, 1])
+    typed = c[0].text_input("Checkpoint name", key=f"{K}tr_name", placeholder=auto,
+                            help="Letters, digits, '-', '_' and '.'; empty: the suggested name.")
+    overwrite = c[1].checkbox("overwrite if it exists", key="tr_overwrite", disabled=config.readonly())
+    try:
+        name = pc.checkpoints.sanitize_name(typed) if typed.strip() else auto
+        path = jobs.checkpoint_path(name)
+    except ValueError as e:
+        ui.show_error("That name cannot be used", e, "Choose a name made of letters and digits.")
+        return None, available
+    if path.exists() and not overwrite:
+        ui.show_error(f"A checkpoint named `{name}` already exists", "Nothing is overwritten silently.",
+                      "Choose another name, or tick *overwrite if it exists*.")
+        return None, available
+    st.caption(f"Will be saved as `{path.name}` in the checkpoint folder.")
+    return jobs.TrainSettings(dataset=ds, arch=arch, members=int(members), method=method, params=params,
+                              epochs=int(epochs), batch_size=int(batch), lr=float(lr),
+                              train_subset=int(subset) or None, seed=int(seed), name=name,
+                              overwrite=bool(overwrite and path.exists())), available
+
+
+def estimate(s: jobs.TrainSettings) -> None:
+    key = repr((s.dataset, s.arch, s.members, s.method, s.params, s.epochs, s.batch_size, s.train_subset))
+    if st.button("Estimate run time", icon=":material/timer:",
+                 help="Times a few real training steps and one evaluation on this server."):
+        with st.spinner("Timing a few training steps…"):
+            try:
+                st.session_state["tr_estimate"] = (key, jobs.estimate_seconds(s))
+            except (ValueError, RuntimeError) as e:
+                ui.show_error("Could not time these settings", e, "Check the method parameters.")
+    est = st.session_state.get("tr_estimate")
+    if est and est[0] == key:
+        e = est[1]
+        st.info(f"Estimated run time ≈ **{e['total']:.0f} s**: {e['steps']} steps × "
+                f"{1000 * e['step']:.0f} ms + {s.epochs} evaluations × {e['epoch_eval']:.2f} s.",
+                icon=":material/timer:")
+
+
+def start(s: jobs.TrainSettings) -> None:
+    try:
+        job = jobs.start_job(s)
+    except jobs.JobLimitError as e:
+        ui.show_error("The server is busy", e, "Wait for a running job to finish (the sidebar shows "
+                      "how many run), then press Start again.")
+        return
+    except (FileExistsError, ValueError) as e:
+        ui.show_error("Training could not start", e, "Change the settings above and try again.")
+        return
+    st.session_state["train_job"] = job.id
+
+
+def _progress_text(last: dict) -> str:
+    eta = last.get("eta")
+    return (f"epoch {last.get('epoch', 0)}/{last.get('epochs', '?')} · step "
+            f"{last.get('global_step', 0)}/{last.get('total_steps', '?')} · "
+            f"{last.get('elapsed', 0):.1f} s elapsed" + (f" · about {eta:.0f} s left" if eta else ""))
+
+
+def show_job(job: jobs.Job, polling: bool) -> None:
+    snap = job.snapshot()
+    s, last = snap["settings"], snap["last"]
+    st.subheader(f"Run `{s.name}` — {pc.method_label(s.method)} on {s.dataset}")
+    if job.active:
+        frac = last.get("global_step", 0) / max(1, last.get("total_steps") or 1)
+        st.progress(min(1.0, frac), text=_progress_text(last))
+        if st.button("Cancel", icon=":material/stop_circle:", key="tr_cancel"):
+            job.cancel()
+            st.toast("Cancelling… the last finished epoch is kept.")
+    elif snap["status"] == "failed":
+        ui.show_error("Training failed", snap["error"], "Change the settings (e.g. a smaller batch or "
+                      "learning rate) and start again.")
+    elif snap["saved_path"] is not None:
+        word = "Cancelled; kept" if snap["status"] == "cancelled" else "Finished:"
+        st.success(f"{word} {len(snap['history'])} epoch(s), saved as `{snap['saved_path'].name}`.",
+                   icon=":material/check_circle:")
+    else:
+        st.warning("Cancelled before the first epoch finished: nothing was saved.")
+    steps_per_epoch = last.get("steps")
+    st.plotly_chart(pp.step_loss_figure(snap["steps"], steps_per_epoch), key="tr_steps")
+    st.caption("Batch loss terms as training runs (ce: the members' summed cross-entropy; reg: "
+               "PARL's pairwise gradient similarity, which falls as members diversify).")
+    if snap["history"]:
+        st.plotly_chart(pp.history_figure(snap["history"]), key="tr_hist")
+        st.caption("Per epoch: loss terms; test accuracy of each member and of the ensemble's vote; "
+                   "mean pairwise gradient cosine R/K (lower = more diverse).")
+    if polling and not job.active:  # just finished: refresh the whole app (sidebar lists it)
+        if snap["saved_path"] is not None:
+            state.set_checkpoint(snap["saved_path"].stem)
+        st.rerun(scope="app")
+
+
+if not config.training_allowed():
+    st.info("Training is switched off on this server (PARL_NO_TRAIN=1).")
+    st.stop()
+settings, available = settings_form()
+job = jobs.get_job(st.session_state.get("train_job"))
+busy = job is not None and job.active
+if settings is not None:
+    st.caption("Equivalent command line:")
+    st.code(settings.command(config.checkpoint_dir()), language="bash")
+    estimate(settings)
+    if st.button("Start training", type="primary", icon=":material/play_arrow:",
+                 disabled=busy or not available, key="tr_start"):
+        start(settings)
+        job = jobs.get_job(st.session_state.get("train_job"))
+if job is not None:
+    st.fragment(run_every=0.5 if job.active else None)(show_job)(job, job.active)
