@@ -1,0 +1,80 @@
+"""Diversity (the paper's Figure 2): layer-wise linear CKA between the members of an
+ensemble, pair by pair, and two ensembles compared side by side."""
+import streamlit as st
+
+import parl_core as pc
+import parl_core.plots as pp
+
+from dashboard import cache, compute, state, ui
+
+K = state.KEEP
+st.title("Diversity: layer-wise CKA")
+st.caption("CKA compares what two networks compute at a layer: 1 = the same representation "
+           "(up to rotation and scale), 0 = unrelated. Members that represent their inputs "
+           "differently are less likely to share adversarial weaknesses.")
+
+active = state.active_path()
+if active is None:
+    st.info("No checkpoint yet: train one on the Train page.")
+    st.stop()
+dataset = cache.metadata(active)["dataset"]
+if not cache.dataset_available(dataset):
+    ui.show_error(f"The {dataset} test data is not on this server", "Its folder was not found.",
+                  cache.data_hint(dataset))
+    st.stop()
+n_test = len(compute.test_set(dataset))
+same = [n for n, p in cache.checkpoints().items() if cache.metadata(p).get("dataset") == dataset]
+
+c = st.columns(4)
+n = c[0].slider("Test examples", 50, n_test, min(450, n_test), step=50, key=f"{K}dv_n")
+batch = c[1].select_slider("Minibatch size", [32, 64, 128, 256, 512], value=128, key=f"{K}dv_batch",
+                           help="The unbiased minibatch estimator averages over batches of this size.")
+estimator = c[2].radio("Estimator", ["minibatch", "full"], key=f"{K}dv_est", horizontal=True,
+                       help="minibatch: unbiased (Nguyen et al. 2021), memory-bounded; "
+                            "full: Kornblith's biased estimator on all examples at once.")
+other = [x for x in same if x != active.stem]
+default_b = state.by_method("ce_only", dataset) if cache.metadata(active).get("method") != "ce_only" \
+    else state.by_method("parl", dataset)
+compare = c[3].selectbox("Compare with", ["(none)", *other], key=f"{K}dv_cmp",
+                         index=(other.index(default_b) + 1) if default_b in other else 0)
+shown = [active.stem] + ([compare] if compare != "(none)" else [])
+paths = cache.checkpoints()
+keys = {name: ("cka", compute.ref(paths[name]), dataset, n, batch, estimator) for name in shown}
+have = {name: compute.stored(k) for name, k in keys.items()}
+if any(v is None for v in have.values()):
+    if st.button("Compute CKA", type="primary", icon=":material/grid_on:", key="dv_go"):
+        bar = st.progress(0.0, "Computing layer-wise CKA…")
+        for i, (name, k) in enumerate(keys.items()):
+            if have[name] is None:
+                have[name] = compute.store(k, compute.ensemble_cka(k[1], dataset, n, batch, estimator))
+            bar.progress((i + 1) / len(keys), f"{name} done")
+        bar.empty()
+    else:
+        st.caption("Computed on request (seconds on digits); results are kept for everyone.")
+        st.stop()
+
+label = {name: f"{pc.method_label(cache.metadata(paths[name])['method'])} ({name})" for name in shown}
+prov = ui.provenance([paths[x] for x in shown], {"dataset": dataset, "split": "test", "n": n, "seed": 0,
+                                                  "batch_size": batch, "estimator": estimator},
+                     command=f"python -c \"import parl_core as pc; ens, _ = pc.load_checkpoint('{active}'); "
+                             f"x = pc.load_dataset('{dataset}', 'test').subset({n}, seed=0).images; "
+                             f"print(pc.ensemble_cka(ens, x, batch_size={batch}, estimator='{estimator}')['overall'])\"")
+ui.show_figure(pp.cka_curves_figure({label[x]: have[x] for x in shown}),
+               "Same-layer CKA of every member pair, layer by layer; the legend gives each pair's "
+               "average over layers. Lower curves = members that compute more differently "
+               "(the paper's Figure 2: PARL's stay below ENS_U's in the early layers it regularises).",
+               key="dv_curves", prov=prov, title="cka_curves")
+cols = st.columns(len(shown))
+for col, name in zip(cols, shown):
+    with col:
+        r = have[name]
+        st.markdown(f"**{label[name]}** — overall average CKA **{r['overall']:.3f}**")
+        tabs = st.tabs([p["label"] for p in r["pairs"].values()])
+        for tab, ((i, j), p) in zip(tabs, r["pairs"].items()):
+            with tab:
+                ui.show_figure(pp.cka_heatmap_figure(p["matrix"], estimator=estimator,
+                                                     names=(f"member {i + 1}", f"member {j + 1}"),
+                                                     title=f"{name}: members {i + 1} and {j + 1}"),
+                               "Every layer of one member against every layer of the other. The "
+                               "diagonal compares the same depth; bright = similar.",
+                               key=f"dv_heat_{name}_{i}_{j}", prov=prov, title=f"cka_{name}_{i}{j}")
