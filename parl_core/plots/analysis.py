@@ -1,0 +1,349 @@
+"""Figures of the diversity analysis (paper Figures 1-6): arrays in, go.Figure out.
+
+Figure 1: `gradient_maps_figure`, `angle_matrix_figure`, `directions_3d_figure`,
+`cosine_histogram_figure`. Figure 2/6: `cka_heatmap_figure`, `cka_curves_figure`.
+Figures 3-5: `accuracy_vs_eps_figure`. Nothing here trains, computes gradients or shows.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from ..gradients import cosine_to_angle, embed_directions
+
+__all__ = ["gradient_maps_figure", "angle_matrix_figure", "directions_3d_figure",
+           "cosine_histogram_figure", "cka_heatmap_figure", "cka_curves_figure",
+           "accuracy_vs_eps_figure", "reduce_channels"]
+
+PALETTE = qualitative.Plotly
+MODES = ("signed", "magnitude")
+ESTIMATOR_TEXT = {"minibatch": "unbiased minibatch estimator (Nguyen et al. 2021)",
+                  "full": "full biased estimator (Kornblith et al. 2019)"}
+
+
+def _np(a) -> np.ndarray:
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def _color(k: int) -> str:
+    return PALETTE[k % len(PALETTE)]
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    h = hex_color.lstrip("#")
+    r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+# --------------------------------------------------------------------------- Figure 1
+def reduce_channels(grads, mode: str = "signed") -> np.ndarray:
+    """(M, C, H, W) or (M, H, W) gradients -> (M, H, W) maps.
+    signed: sum over channels (the loss change for brightening a pixel in every channel);
+    magnitude: Euclidean norm over channels."""
+    g = _np(grads)
+    if g.ndim == 3:
+        g = g[:, None]
+    if g.ndim != 4:
+        raise ValueError(f"grads must have shape (M, C, H, W) or (M, H, W), got {g.shape}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return g.sum(1) if mode == "signed" else np.sqrt((g ** 2).sum(1))
+
+
+def _image_trace(x_image):
+    img = _np(x_image)
+    if img.ndim == 3 and img.shape[0] in (1, 3):
+        img = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+    if img.ndim == 3:  # RGB (H, W, 3)
+        return go.Image(z=np.clip(img * 255, 0, 255).astype(np.uint8), name="input")
+    if img.ndim != 2:
+        raise ValueError(f"x_image must be (C, H, W) with C in (1, 3) or (H, W), got {img.shape}")
+    return go.Heatmap(z=img, colorscale="gray", zmin=0, zmax=1, showscale=False, name="input",
+                      hovertemplate="x=%{x}, y=%{y}<br>pixel %{z:.2f}<extra></extra>")
+
+
+def gradient_maps_figure(x_image, grads, names, mode: str = "signed",
+                         clip_percentile: float = 99, shared_scale: bool = True,
+                         title: str = "Input gradients") -> go.Figure:
+    """Input image and one gradient map per model (Figure 1 (a)-(d)).
+
+    x_image: (C, H, W) or (H, W) in [0, 1]; grads: (M, C, H, W) for that image.
+    Channels reduced by `reduce_channels(mode)`. The colour range is the
+    clip_percentile-th percentile of |map| (outliers saturate), over all maps when
+    shared_scale else per map; signed maps use a diverging scale centred at 0.
+    """
+    maps = reduce_channels(grads, mode)
+    if len(names) != len(maps):
+        raise ValueError(f"names must name each of the {len(maps)} models, got {len(names)}")
+    if not 0 < clip_percentile <= 100:
+        raise ValueError(f"clip_percentile must be in (0, 100], got {clip_percentile}")
+    per = [float(np.percentile(np.abs(m), clip_percentile)) or 1e-12 for m in maps]
+    shared = float(np.percentile(np.abs(maps), clip_percentile)) or 1e-12
+    ranges = [shared] * len(maps) if shared_scale else per
+    fig = make_subplots(1, len(maps) + 1, horizontal_spacing=0.03, subplot_titles=[
+        "input"] + [f"{n}<br>{'±' if mode == 'signed' else '0–'}{r:.2g}" for n, r in zip(names, ranges)])
+    fig.add_trace(_image_trace(x_image), 1, 1)
+    signed = mode == "signed"
+    for k, (m, r) in enumerate(zip(maps, ranges)):
+        fig.add_trace(go.Heatmap(
+            z=np.clip(m, -r if signed else 0, r), zmin=-r if signed else 0, zmax=r,
+            zmid=0 if signed else None, colorscale="RdBu_r" if signed else "Viridis",
+            name=str(names[k]), showscale=shared_scale and k == len(maps) - 1,
+            colorbar={"title": {"text": "∂loss/∂pixel" if signed else "|∇|"}},
+            hovertemplate="x=%{x}, y=%{y}<br>%{z:.3g}<extra>" + str(names[k]) + "</extra>"),
+            1, k + 2)
+    how = "sum over channels (signed)" if signed else "L2 norm over channels"
+    scale = "shared by all maps" if shared_scale else "per map (in each title)"
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", showticklabels=False)
+    fig.update_xaxes(showticklabels=False, title_text="pixel column")
+    fig.update_layout(title={"text": f"{title}<br><sup>channels: {how}; colour range: "
+                                      f"{clip_percentile:g}th percentile of |value|, {scale}; "
+                                      f"values beyond it saturate</sup>"},
+                      height=330, margin={"t": 110})
+    return fig
+
+
+def _cos_matrix(cos) -> np.ndarray:
+    c = _np(cos)
+    if c.ndim != 2 or c.shape[0] != c.shape[1]:
+        raise ValueError(f"cos must be a square (M, M) matrix, got shape {c.shape}")
+    return c
+
+
+def angle_matrix_figure(cos, names, title: str = "Angles between input gradients") -> go.Figure:
+    """Heatmap of pairwise angles (degrees, 0-180) with cosine and angle in each cell."""
+    c = _cos_matrix(cos)
+    if len(names) != len(c):
+        raise ValueError(f"names must name each of the {len(c)} models, got {len(names)}")
+    deg = cosine_to_angle(c)
+    text = [[f"{deg[i, j]:.1f}°<br>cos {c[i, j]:.2f}" for j in range(len(c))] for i in range(len(c))]
+    names = [str(n) for n in names]
+    fig = go.Figure(go.Heatmap(z=deg, x=names, y=names, zmin=0, zmax=180, colorscale="Viridis",
+                               text=text, texttemplate="%{text}", name="angle",
+                               colorbar={"title": {"text": "angle (°)"}},
+                               hovertemplate="%{y} vs %{x}: %{text}<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title="model", yaxis_title="model", height=380)
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def directions_3d_figure(cos, names, title: str = "Gradient directions") -> go.Figure:
+    """Figure 1(e): unit gradient directions drawn in 3-D, the true angles written on.
+
+    One trace per model (a ray from the origin), then one trace of arcs between the
+    rays and one of their true angles (in degrees); the title states whether the drawing is exact (M <= 3)
+    or its largest angle distortion (see `embed_directions`).
+    """
+    c = _cos_matrix(cos)
+    if len(names) != len(c):
+        raise ValueError(f"names must name each of the {len(c)} models, got {len(names)}")
+    coords, distortion = embed_directions(c)
+    fig = go.Figure()
+    for k, (p, n) in enumerate(zip(coords, names)):
+        fig.add_trace(go.Scatter3d(x=[0, p[0]], y=[0, p[1]], z=[0, p[2]], mode="lines+markers+text",
+                                   text=["", str(n)], name=str(n),
+                                   line={"color": _color(k), "width": 6},
+                                   marker={"size": [2, 5], "color": _color(k)}))
+    _add_angle_arcs(fig, coords, cosine_to_angle(c), names)
+    note = ("angles drawn exactly" if len(c) <= 3 and distortion < 0.05 else
+            f"best 3-D approximation: drawn angles off by up to {distortion:.1f}°")
+    deg = cosine_to_angle(c)
+    listing = "<br>".join(f"{names[i]}–{names[j]}: {deg[i, j]:.1f}°"
+                          for i in range(len(c)) for j in range(i + 1, len(c)))
+    axis = {"range": [-1.05, 1.05], "title": "", "showticklabels": False}
+    fig.update_layout(title={"text": f"{title}<br><sup>unit vectors; arcs labelled with the "
+                                      f"true angles; {note}</sup>"},
+                      scene={"xaxis": axis, "yaxis": axis, "zaxis": axis, "aspectmode": "cube",
+                             "camera": {"eye": {"x": 1.1, "y": 1.1, "z": 0.8}}},
+                      annotations=[{"text": "true angles<br>" + listing, "showarrow": False,
+                                    "xref": "paper", "yref": "paper", "x": 0, "y": 0,
+                                    "xanchor": "left", "yanchor": "bottom", "align": "left"}],
+                      height=500, margin={"t": 80, "l": 10, "r": 10, "b": 10})
+    return fig
+
+
+def _add_angle_arcs(fig, coords, deg, names, radius: float = 0.35):
+    """Two traces: an arc between each pair of rays (grey, one trace) and, beyond
+    each arc's middle, the pair's true angle in degrees."""
+    arcs, tips, labels = [], [], []
+    t = np.linspace(0, 1, 16)[:, None]
+    for i in range(len(coords)):
+        for j in range(i + 1, len(coords)):
+            if not (coords[i].any() and coords[j].any()):
+                continue
+            path = (1 - t) * coords[i] + t * coords[j]  # chord, pushed onto the sphere
+            norm = np.linalg.norm(path, axis=1, keepdims=True)
+            path = radius * path / np.where(norm > 1e-9, norm, 1)
+            arcs += [path, np.full((1, 3), np.nan)]
+            tips.append(path[len(path) // 2] * 1.6)
+            labels.append(f"{deg[i, j]:.1f}°")
+    if not arcs:
+        return
+    a, m = np.concatenate(arcs), np.array(tips)
+    fig.add_trace(go.Scatter3d(x=a[:, 0], y=a[:, 1], z=a[:, 2], mode="lines", name="angle arcs",
+                               line={"color": "grey", "width": 3}, hoverinfo="skip"))
+    fig.add_trace(go.Scatter3d(x=m[:, 0], y=m[:, 1], z=m[:, 2], mode="text", text=labels,
+                               name="true angles", textfont={"size": 12}))
+
+
+def cosine_histogram_figure(distributions: dict, title: str = "Loss-gradient cosine "
+                            "between members", bins: int = 40) -> go.Figure:
+    """Overlaid histograms of every pair's gradient cosine over a dataset, one per
+    ensemble (`cosine_distribution` results keyed by label, e.g. ENS_U and PARL)."""
+    if not distributions:
+        raise ValueError("distributions must map a label to a cosine_distribution result, got none")
+    fig = go.Figure()
+    for k, (label, d) in enumerate(distributions.items()):
+        vals = _np(d["all"])
+        s = d["summary"]["all"]
+        fig.add_trace(go.Histogram(x=vals, name=f"{label} (mean {s['mean']:.2f}, median "
+                                   f"{s.get('q50', float('nan')):.2f})",
+                                   xbins={"start": -1, "end": 1, "size": 2 / bins},
+                                   histnorm="percent", opacity=0.6, marker_color=_color(k)))
+    first = next(iter(distributions.values()))
+    what = first.get("gradient", "loss")
+    fig.update_layout(barmode="overlay", title={"text": f"{title}<br><sup>{what} gradient; "
+                                                       f"all member pairs pooled, n = {first.get('n')} "
+                                                       f"examples per pair</sup>"},
+                      xaxis_title="cosine similarity (−1 … 1)",
+                      yaxis_title="share of example-pairs (%)", height=380)
+    fig.update_xaxes(range=[-1, 1])
+    return fig
+
+
+# --------------------------------------------------------------------------- CKA
+def cka_heatmap_figure(matrix, title: str = "Layer-wise linear CKA",
+                       estimator: str = "minibatch", names=("model A", "model B")) -> go.Figure:
+    """Layer x layer CKA of one pair (values written in cells, colour scale 0-1)."""
+    m = _np(matrix)
+    if m.ndim != 2:
+        raise ValueError(f"matrix must be (La, Lb), got shape {m.shape}")
+    la, lb = m.shape
+    fig = go.Figure(go.Heatmap(z=m, x=list(range(1, lb + 1)), y=list(range(1, la + 1)),
+                               zmin=0, zmax=1, colorscale="Viridis", texttemplate="%{z:.2f}",
+                               name="CKA", colorbar={"title": {"text": "CKA"}},
+                               hovertemplate="layer %{y} vs %{x}: %{z:.3f}<extra></extra>"))
+    fig.update_layout(title={"text": f"{title}<br><sup>{ESTIMATOR_TEXT.get(estimator, estimator)}"
+                                      f"</sup>"},
+                      xaxis_title=f"layer of {names[1]} (1 = first)",
+                      yaxis_title=f"layer of {names[0]} (1 = first)", height=460)
+    fig.update_yaxes(autorange="reversed", dtick=1)
+    fig.update_xaxes(dtick=1)
+    return fig
+
+
+def cka_curves_figure(results, title: str = "Layer-wise linear CKA per member pair") -> go.Figure:
+    """Figure 2 style: the same-layer CKA curve of every member pair, the pair's overall
+    average (mean over layers) in braces in the legend. results: one `ensemble_cka`
+    result, or a dict label -> result (e.g. {"ENS_U": ..., "PARL": ...})."""
+    if isinstance(results, dict) and "pairs" in results:
+        results = {"": results}
+    if not results:
+        raise ValueError("results must be an ensemble_cka result or a dict of them, got none")
+    fig = go.Figure()
+    dashes = ["solid", "dash", "dot", "dashdot"]
+    ests = set()
+    for g, (label, res) in enumerate(results.items()):
+        ests.add(res.get("estimator", "?"))
+        for k, p in enumerate(res["pairs"].values()):
+            d = _np(p["diagonal"])
+            name = f"{label + ' ' if label else ''}{p['label']} {{{p['overall']:.3f}}}"
+            fig.add_trace(go.Scatter(x=list(range(1, len(d) + 1)), y=d, mode="lines+markers",
+                                     name=name, legendgroup=str(label),
+                                     line={"color": _color(k), "dash": dashes[g % len(dashes)]}))
+    sub = "; ".join(f"{lab or 'ensemble'}: mean {r['overall']:.3f}" for lab, r in results.items())
+    est = ", ".join(ESTIMATOR_TEXT.get(e, e) for e in sorted(ests))
+    fig.update_layout(title={"text": f"{title}<br><sup>{sub}; {est}</sup>"},
+                      xaxis_title="layer (1 = first conv)", yaxis_title="linear CKA (0–1)",
+                      height=420, legend_title_text="pair {overall average}")
+    fig.update_yaxes(range=[0, 1.02])
+    fig.update_xaxes(dtick=1)
+    return fig
+
+
+# --------------------------------------------------------------------------- Figures 3-5
+TABLE_COLUMNS = ("attack", "eps", "acc", "ci_low", "ci_high")
+
+
+def _check_table(df, label):
+    missing = [c for c in TABLE_COLUMNS if c not in getattr(df, "columns", ())]
+    if missing:
+        raise ValueError(f"table {label!r} must be a DataFrame with columns {TABLE_COLUMNS}; "
+                         f"missing {missing}")
+
+
+def _curve(tables, attack):
+    """(eps, y, lo, hi, band) of one attack: one table -> its accuracy and 95 % CI;
+    several (seeds) -> mean ± std. A 'clean' row becomes the point at ε = 0."""
+    rows = []
+    for df in tables:
+        part = df[df["attack"] == attack][["eps", "acc", "ci_low", "ci_high"]]
+        clean = df[df["attack"] == "clean"]
+        if len(clean) and not (part["eps"] == 0).any():
+            start = clean[["acc", "ci_low", "ci_high"]].iloc[:1].assign(eps=0.0)
+            part = pd.concat([start, part], ignore_index=True)
+        rows.append(part.sort_values("eps").set_index("eps"))
+    if len(rows) == 1:
+        r = rows[0]
+        return r.index.to_numpy(), r["acc"].to_numpy(), r["ci_low"].to_numpy(), \
+            r["ci_high"].to_numpy(), "95 % CI"
+    acc = pd.concat([r["acc"] for r in rows], axis=1)
+    mean, std = acc.mean(1), acc.std(1, ddof=0)
+    return acc.index.to_numpy(), mean.to_numpy(), (mean - std).to_numpy(), \
+        (mean + std).to_numpy(), f"± std over {len(rows)} seeds"
+
+
+def accuracy_vs_eps_figure(tables: dict, attacks=None,
+                           title: str = "Ensemble accuracy under attack") -> go.Figure:
+    """Accuracy vs ε, one subplot per attack, one line per ensemble (Figures 3-5).
+
+    tables: label -> DataFrame (columns attack, eps, acc, ci_low, ci_high; fractions),
+    or label -> list of DataFrames (several seeds: mean line, band ± std). Rows with
+    attack "clean" are drawn at ε = 0. attacks: which attacks, in order (default all).
+    """
+    if not tables:
+        raise ValueError("tables must map a label to a DataFrame (or a list of them), got none")
+    norm = {lab: (list(t) if isinstance(t, (list, tuple)) else [t]) for lab, t in tables.items()}
+    for lab, ts in norm.items():
+        if not ts:
+            raise ValueError(f"table list for {lab!r} is empty")
+        for t in ts:
+            _check_table(t, lab)
+    found = list(dict.fromkeys(a for ts in norm.values() for t in ts for a in t["attack"]
+                               if a != "clean"))
+    attacks = found if attacks is None else list(attacks)
+    if not attacks:
+        raise ValueError("no attack rows to plot (only 'clean' rows or empty tables)")
+    cols = min(3, len(attacks))
+    rows = -(-len(attacks) // cols)
+    fig = make_subplots(rows, cols, subplot_titles=[str(a).upper() for a in attacks],
+                        shared_yaxes=True, horizontal_spacing=0.05, vertical_spacing=0.15)
+    bands = set()
+    for a_i, attack in enumerate(attacks):
+        r, c = a_i // cols + 1, a_i % cols + 1
+        for k, (lab, ts) in enumerate(norm.items()):
+            eps, y, lo, hi, band = _curve(ts, attack)
+            bands.add(band)
+            color = _color(k)
+            fig.add_trace(go.Scatter(x=np.r_[eps, eps[::-1]], y=100 * np.r_[hi, lo[::-1]],
+                                     mode="lines", fill="toself", fillcolor=_rgba(color, 0.18),
+                                     line={"width": 0}, hoverinfo="skip", showlegend=False,
+                                     legendgroup=str(lab), name=f"{lab} band"), r, c)
+            fig.add_trace(go.Scatter(x=eps, y=100 * y, mode="lines+markers", name=str(lab),
+                                     legendgroup=str(lab), showlegend=a_i == 0,
+                                     line={"color": color},
+                                     hovertemplate="ε=%{x:g}: %{y:.1f} %<extra>" + str(lab)
+                                     + "</extra>"), r, c)
+    fig.update_xaxes(title_text="ε (pixel units)")
+    fig.update_yaxes(range=[0, 100])
+    for rr in range(1, rows + 1):
+        fig.update_yaxes(title_text="accuracy (%)", row=rr, col=1)
+    fig.update_layout(title={"text": f"{title}<br><sup>bands: {', '.join(sorted(bands))}; "
+                                      f"ε = 0 is clean accuracy</sup>"},
+                      height=360 * rows, margin={"t": 90})
+    return fig
