@@ -94,9 +94,11 @@ def config_widgets() -> PlaygroundConfig:
         c2.slider("Hidden layers", 1, 6, key="pg_depth")
         if S.pg_layers is not None and S.pg_layers > S.pg_depth:
             S.pg_layers = None
-        st.selectbox("PARL's K (layers)", [None] + list(range(1, S.pg_depth + 1)), key="pg_layers",
-                     format_func=lambda k: "all (min(7, L))" if k is None else str(k),
-                     disabled=S.pg_method != "parl")
+        # 0 stands for None (min(7, L)): a selectbox shows None as "no choice".
+        k = st.selectbox("PARL's K (layers)", range(S.pg_depth + 1), index=S.pg_layers or 0,
+                         format_func=lambda k: "all (min(7, L))" if k == 0 else str(k),
+                         disabled=S.pg_method != "parl", key=f"pg_k_{S.pg_depth}")
+        S.pg_layers = k or None
         c1, c2 = st.columns(2)
         c1.number_input("Seed", 0, 10_000, key="pg_seed")
         c2.select_slider("Learning rate", [0.001, 0.003, 0.01, 0.03, 0.1], key="pg_lr")
@@ -243,6 +245,7 @@ def live_view() -> None:
 
 
 # --------------------------------------------------------------------------- page
+st.set_page_config(layout="wide")  # standalone runs; the app sets the same
 st.title("Playground")
 st.caption("Train a small ensemble on 2-D data and watch each member's decision boundary and "
            "gradients form, epoch by epoch; then attack one member and see whether the others "
