@@ -293,7 +293,7 @@ def _curve(tables, attack):
         return r.index.to_numpy(), r["acc"].to_numpy(), r["ci_low"].to_numpy(), \
             r["ci_high"].to_numpy(), "95 % CI"
     acc = pd.concat([r["acc"] for r in rows], axis=1)
-    mean, std = acc.mean(1), acc.std(1, ddof=0)
+    mean, std = acc.mean(axis=1), acc.std(axis=1, ddof=0)  # population std, as np.std
     return acc.index.to_numpy(), mean.to_numpy(), (mean - std).to_numpy(), \
         (mean + std).to_numpy(), f"± std over {len(rows)} seeds"
 
@@ -303,7 +303,7 @@ def accuracy_vs_eps_figure(tables: dict, attacks=None,
     """Accuracy vs ε, one subplot per attack, one line per ensemble (Figures 3-5).
 
     tables: label -> DataFrame (columns attack, eps, acc, ci_low, ci_high; fractions),
-    or label -> list of DataFrames (several seeds: mean line, band ± std). Rows with
+    or label -> list of DataFrames (several seeds: mean line, band ± population std). Rows with
     attack "clean" are drawn at ε = 0. attacks: which attacks, in order (default all).
     """
     if not tables:
