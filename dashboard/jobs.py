@@ -115,11 +115,8 @@ def active_jobs() -> list[Job]:
 
 def checkpoint_path(name: str) -> Path:
     """Where a checkpoint called `name` lives: always inside the checkpoint folder."""
-    folder = config.checkpoint_dir()
-    path = (folder / f"{sanitize_name(name)}.safetensors").resolve()
-    if path.parent != folder:
-        raise ValueError(f"checkpoint name {name!r} leaves the checkpoint folder")
-    return path
+    from .uploads import target_path
+    return target_path(name)
 
 
 def start_job(settings: TrainSettings) -> Job:

@@ -72,8 +72,8 @@ def settings_form() -> tuple[jobs.TrainSettings | None, bool]:
                             help="Letters, digits, '-', '_' and '.'; empty: the suggested name.")
     overwrite = c[1].checkbox("overwrite if it exists", key="tr_overwrite", disabled=config.readonly())
     try:
-        name = pc.checkpoints.sanitize_name(typed) if typed.strip() else auto
-        path = jobs.checkpoint_path(name)
+        path = jobs.checkpoint_path(typed.strip() or auto)  # refuses names with a path in them
+        name = path.stem
     except ValueError as e:
         ui.show_error("That name cannot be used", e, "Choose a name made of letters and digits.")
         return None, available

@@ -114,3 +114,50 @@ def page(browser):
     pg.set_default_timeout(30_000)
     yield pg
     ctx.close()
+
+
+# --------------------------------------------------------------------------- AppTest
+@pytest.fixture(scope="session")
+def shared_checkpoints(tmp_path_factory) -> Path:
+    """A temporary copy of checkpoints/ for AppTests that only read (shared by the session,
+    so cached analyses are computed once)."""
+    return copy_checkpoints(tmp_path_factory.mktemp("shared") / "checkpoints")
+
+
+@pytest.fixture
+def app_env(shared_checkpoints, monkeypatch):
+    """Point the app at the shared read-only copy (classroom mode off)."""
+    monkeypatch.setenv("PARL_CHECKPOINTS", str(shared_checkpoints))
+    monkeypatch.delenv("PARL_READONLY", raising=False)
+    return shared_checkpoints
+
+
+@pytest.fixture
+def private_checkpoints(tmp_path, monkeypatch) -> Path:
+    """A private writable copy for AppTests that add, rename or delete checkpoints."""
+    d = copy_checkpoints(tmp_path / "checkpoints")
+    monkeypatch.setenv("PARL_CHECKPOINTS", str(d))
+    monkeypatch.delenv("PARL_READONLY", raising=False)
+    return d
+
+
+def open_page(page: str | None = None, *, timeout: float = 120, query: dict | None = None):
+    """AppTest of app.py (navigation + sidebar), switched to `page` (e.g. "pages/train.py")
+    and run; raises if the run raised."""
+    from streamlit.testing.v1 import AppTest
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=timeout)
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    at.run()
+    if page is not None:
+        at.switch_page(page)
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def rerun(at):
+    """Run again and fail on any exception shown in the page."""
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at

@@ -1,0 +1,57 @@
+"""Home page and the shared sidebar through Streamlit's AppTest."""
+from conftest import open_page, rerun
+
+
+def test_home_lists_the_shipped_checkpoints(app_env):
+    at = open_page()
+    assert at.title[0].value == "PARL Lab"
+    assert len(at.latex) == 1
+    table = at.dataframe[0].value
+    assert {"digits_ens_u", "digits_parl", "digits_surrogate"} <= set(table.checkpoint)
+    row = table.set_index("checkpoint").loc["digits_parl"]
+    assert row.method == "PARL" and row.members == 3 and 0.9 < row.clean_acc <= 1
+
+
+def test_sidebar_checkpoint_drives_state_and_url(app_env):
+    at = open_page()
+    box = at.sidebar.selectbox(key="_sb_checkpoint")
+    assert box.value == "digits_parl"  # the preferred default
+    assert at.query_params["checkpoint"] in ("digits_parl", ["digits_parl"])
+    box.set_value("digits_ens_u")
+    rerun(at)
+    assert at.session_state["checkpoint"] == "digits_ens_u"
+    at.switch_page("pages/checkpoints.py")
+    rerun(at)  # every page follows the active checkpoint
+    assert at.selectbox(key="ck_sel").value == "digits_ens_u"
+    assert at.metric[0].value == "98.2%"
+
+
+def test_sidebar_describes_the_active_checkpoint(app_env):
+    at = open_page(query={"checkpoint": "digits_ens_u"})
+    text = " ".join(m.value for m in at.sidebar.markdown)
+    assert "ENS_U" in text and "`digits`" in text and "data available" in text and "Device" in text
+
+
+def test_checkpoint_from_the_url(app_env):
+    at = open_page(query={"checkpoint": "digits_surrogate"})
+    assert at.sidebar.selectbox(key="_sb_checkpoint").value == "digits_surrogate"
+
+
+def test_unknown_checkpoint_in_url_falls_back(app_env):
+    at = open_page(query={"checkpoint": "../../etc/passwd"})
+    assert at.sidebar.selectbox(key="_sb_checkpoint").value == "digits_parl"
+
+
+def test_readonly_mode_is_announced(app_env, monkeypatch):
+    monkeypatch.setenv("PARL_READONLY", "1")
+    at = open_page()
+    assert any("Classroom mode" in i.value for i in at.sidebar.info)
+
+
+def test_empty_folder_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("PARL_CHECKPOINTS", str(tmp_path))
+    at = open_page()
+    assert any("Train" in w.value for w in at.sidebar.warning)
+    for page in ("pages/gradients.py", "pages/diversity.py", "pages/robustness.py", "pages/checkpoints.py"):
+        at.switch_page(page)
+        rerun(at)

@@ -1,0 +1,121 @@
+"""Train page through AppTest: widgets follow the method and dataset, a tiny run trains in
+the background and is saved without overwriting, and the job limit is enforced."""
+import pytest
+
+from conftest import open_page, rerun
+from dashboard import jobs
+
+PAGE = "pages/train.py"
+
+
+def _labels(at):
+    return [w.label for w in (*at.number_input, *at.selectbox)]
+
+
+def test_method_widgets_come_from_the_registry(app_env):
+    at = open_page(PAGE)
+    assert "γ₁ (accuracy weight)" in _labels(at) and "K (layers regularised)" in _labels(at)
+    methods = at.selectbox(key="k_tr_method").options
+    assert {"PARL", "ENS_U"} <= set(methods)
+    at.selectbox(key="k_tr_method").set_value("ce_only")
+    rerun(at)
+    assert "γ₁ (accuracy weight)" not in _labels(at)
+    assert "python -m parl_core train" in at.code[0].value and "--method ce_only" in at.code[0].value
+
+
+def test_dataset_change_picks_a_fitting_architecture(app_env):
+    at = open_page(PAGE)
+    assert at.selectbox(key="k_tr_arch").value == "smallcnn"
+    at.selectbox(key="k_tr_dataset").set_value("moons")
+    rerun(at)
+    assert at.selectbox(key="k_tr_arch").value == "mlp"
+    assert at.selectbox(key="k_tr_arch").options == ["mlp"]
+
+
+def test_missing_cifar_says_where_to_put_it(app_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("PARL_DATA", str(tmp_path))
+    at = open_page(PAGE)
+    at.selectbox(key="k_tr_dataset").set_value("cifar10")
+    rerun(at)
+    msg = " ".join(e.value for e in at.error)
+    assert "cifar-10-batches-py" in msg and str(tmp_path) in msg
+    assert at.button(key="tr_start").disabled
+
+
+def test_existing_name_is_never_overwritten_silently(app_env):
+    at = open_page(PAGE)
+    at.text_input(key="k_tr_name").input("digits_parl")
+    rerun(at)
+    assert any("already exists" in e.value for e in at.error)
+    assert not any(b.key == "tr_start" for b in at.button)
+    at.checkbox(key="tr_overwrite").check()
+    rerun(at)
+    assert any(b.key == "tr_start" for b in at.button)
+
+
+def test_a_tiny_run_trains_in_the_background_and_is_saved(private_checkpoints):
+    at = open_page(PAGE)
+    at.number_input(key="k_tr_epochs").set_value(1)
+    at.number_input(key="k_tr_subset").set_value(64)
+    at.number_input(key="k_tr_batch").set_value(32)
+    at.slider(key="k_tr_members").set_value(2)
+    at.text_input(key="k_tr_name").input("../../x")
+    rerun(at)
+    assert any("contains a path" in e.value for e in at.error)
+    assert not any(b.key == "tr_start" for b in at.button)
+    at.text_input(key="k_tr_name").input("tiny_parl")
+    rerun(at)
+    at.button(key="tr_start").click()
+    rerun(at)
+    job = jobs.get_job(at.session_state["train_job"])
+    assert job is not None
+    job_thread_join(job)
+    assert job.status == "finished", job.error
+    assert (private_checkpoints / "tiny_parl.safetensors").is_file()
+    rerun(at)
+    assert any("saved as `tiny_parl.safetensors`" in s.value for s in at.success)
+    at.switch_page("pages/home.py")
+    rerun(at)
+    assert "tiny_parl" in set(at.dataframe[0].value.checkpoint)
+
+
+def job_thread_join(job, timeout=120):
+    import threading
+    for t in threading.enumerate():
+        if t.name == f"parl-train-{job.id}":
+            t.join(timeout)
+    assert not job.active
+
+
+def test_job_limit_gives_a_clear_message(app_env, monkeypatch):
+    monkeypatch.setenv("PARL_MAX_JOBS", "1")
+    busy = jobs.Job(jobs.TrainSettings(name="someone_else"), status="running")
+    monkeypatch.setitem(jobs._JOBS, busy.id, busy)
+    at = open_page(PAGE)
+    at.button(key="tr_start").click()
+    rerun(at)
+    assert any("server is busy" in e.value and "PARL_MAX_JOBS=1" in e.value for e in at.error)
+    assert "train_job" not in at.session_state
+
+
+def test_estimate_times_real_steps(app_env):
+    at = open_page(PAGE)
+    at.number_input(key="k_tr_epochs").set_value(2)
+    rerun(at)
+    next(b for b in at.button if b.label == "Estimate run time").click()
+    rerun(at)
+    text = " ".join(i.value for i in at.info)
+    assert "Estimated run time" in text and "2 evaluations" in text
+
+
+@pytest.mark.parametrize("status", ["failed"])
+def test_failed_job_shows_error_not_traceback(app_env, status):
+    job = jobs.Job(jobs.TrainSettings(name="broken"), status=status, error="RuntimeError: out of memory")
+    jobs._JOBS[job.id] = job
+    try:
+        at = open_page(PAGE)
+        at.session_state["train_job"] = job.id
+        rerun(at)
+        assert any("out of memory" in e.value for e in at.error)
+    finally:
+        jobs._JOBS.pop(job.id)
