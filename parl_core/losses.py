@@ -47,9 +47,14 @@ def make_method(name: str, **params):
     return cls(**params)
 
 
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """Reductions run in float32 under bf16 autocast, in float64 when the model is."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def _ce_sum(logits_list, y):
     """Σ_i mean_x CE_i and the per-member CE values (M,)."""
-    ces = torch.stack([F.cross_entropy(lg.float(), y) for lg in logits_list])
+    ces = torch.stack([F.cross_entropy(_at_least_fp32(lg), y) for lg in logits_list])
     return ces.sum(), ces
 
 
@@ -59,7 +64,7 @@ def pairwise_cosines(grads: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     grads: (M, K, N, *input) -> (M, M, K, N). A zero gradient has cosine 0 with
     everything (instead of NaN), and its derivative stays finite.
     """
-    u = F.normalize(grads.flatten(3).float(), dim=-1, eps=eps)  # (M, K, N, D)
+    u = F.normalize(_at_least_fp32(grads.flatten(3)), dim=-1, eps=eps)  # (M, K, N, D)
     return torch.einsum("iknd,jknd->ijkn", u, u)
 
 

@@ -47,9 +47,9 @@ class BatchNorm2d(nn.BatchNorm2d):
 
     def scale(self, feat: torch.Tensor) -> torch.Tensor:
         """Per-channel slope γ/σ with σ held constant: batch σ of `feat` in train mode,
-        running σ in eval mode. Shape (1, C, 1, 1)."""
+        running σ in eval mode. Shape (C,)."""
         var = batch_stats(feat)[1] if self.training else self.running_var
-        return (self.weight / torch.sqrt(var + self.eps)).view(1, -1, 1, 1)
+        return self.weight * torch.rsqrt(var + self.eps)
 
 
 def batch_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,11 +76,25 @@ def per_example_bn(model: nn.Module):
             m.detach_stats = False
 
 
-def _conv_t(g: torch.Tensor, conv: nn.Conv2d, in_hw: tuple[int, int]) -> torch.Tensor:
-    """Transpose of `conv` (no bias) applied to a cotangent g: (S, Cout, h, w) -> (S, Cin, H, W)."""
+def _conv_t(g: torch.Tensor, conv: nn.Conv2d, in_hw, scale: torch.Tensor | None = None):
+    """Transpose of `conv` (no bias) applied to a cotangent g: (S, Cout, h, w) -> (S, Cin, H, W).
+
+    `scale` (Cout,) multiplies g's channels first; it is folded into the (small) kernel
+    rather than applied to the (large) cotangent, which saves a pass over g forward and
+    backward. For stride 1 the transpose is a plain convolution with the flipped,
+    transposed kernel, which takes the fast oneDNN path on CPU.
+    """
+    w = conv.weight if scale is None else conv.weight * scale.view(-1, 1, 1, 1)
     s, p, k = conv.stride[0], conv.padding[0], conv.kernel_size[0]
+    if s == 1 and p <= k - 1:
+        return F.conv2d(g, w.transpose(0, 1).flip(2, 3), padding=k - 1 - p)
     out_pad = in_hw[0] - ((g.shape[-2] - 1) * s - 2 * p + k)
-    return F.conv_transpose2d(g, conv.weight, stride=s, padding=p, output_padding=out_pad)
+    return F.conv_transpose2d(g, w, stride=s, padding=p, output_padding=out_pad)
+
+
+def _gate(g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """g with the entries where the ReLU was off set to zero (mask broadcast over g)."""
+    return torch.where(mask, g, 0.0)
 
 
 class _Normalized(nn.Module):
@@ -131,9 +145,11 @@ class _Block(nn.Module):
         feats += [fa, fb]
         return F.relu(o), (u > 0, o > 0)
 
-    def back_a(self, gfa, h_hw):
-        s, n = gfa.shape[:2]
-        out = _conv_t(gfa.flatten(0, 1), self.conv_a, h_hw)
+    def back_a(self, gu, mu, fa, h_hw):
+        """Cotangent at u = relu(bn_a(fa)) -> cotangent at the block input. gu: (S, N, ...)."""
+        gu = _gate(gu, mu)
+        s, n = gu.shape[:2]
+        out = _conv_t(gu.flatten(0, 1), self.conv_a, h_hw, self.bn_a.scale(fa))
         return out.view(s, n, *out.shape[1:])
 
 
@@ -193,7 +209,7 @@ class ResNet20(_Normalized):
             if 3 + 2 * b <= k:  # b-conv of block b
                 ones = fb.new_ones((1, 1) + fb.shape[1:])
                 gu = _conv_t(ones.flatten(0, 1), blk.conv_b, fa.shape[-2:]).unsqueeze(0)
-                new.insert(0, blk.back_a(gu * mu * blk.bn_a.scale(fa), h.shape[-2:]))
+                new.insert(0, blk.back_a(gu, mu, fa, h.shape[-2:]))
                 order_new.insert(0, 3 + 2 * b)
             new = [t.expand(1, n, *t.shape[2:]) for t in new]
             g = torch.cat(([g] if g is not None else []) + new, 0)
@@ -204,8 +220,8 @@ class ResNet20(_Normalized):
         parts = []
         if g is not None:
             s = g.shape[0]
-            gf = (g * trace["masks"][0] * self.bn1.scale(f1)).flatten(0, 1)
-            parts.append(_conv_t(gf, self.conv1, hw).view(s, n, *x.shape[1:]))
+            gf = _gate(g, trace["masks"][0]).flatten(0, 1)
+            parts.append(_conv_t(gf, self.conv1, hw, self.bn1.scale(f1)).view(s, n, *x.shape[1:]))
         ones = f1.new_ones((1,) + f1.shape[1:])
         parts.append(_conv_t(ones, self.conv1, hw).unsqueeze(0).expand(1, n, *x.shape[1:]))
         order.append(1)
@@ -220,15 +236,15 @@ class ResNet20(_Normalized):
 
     @staticmethod
     def _block_back(blk, g, h, fa, fb, mu, mo):
-        g = g * mo
+        g = _gate(g, mo)
         s, n = g.shape[:2]
-        gu = _conv_t((g * blk.bn_b.scale(fb)).flatten(0, 1), blk.conv_b, fa.shape[-2:])
-        gh = blk.back_a(gu.view(s, n, *fa.shape[1:]) * mu * blk.bn_a.scale(fa), h.shape[-2:])
+        gu = _conv_t(g.flatten(0, 1), blk.conv_b, fa.shape[-2:], blk.bn_b.scale(fb))
+        gh = blk.back_a(gu.view(s, n, *fa.shape[1:]), mu, fa, h.shape[-2:])
         if blk.short is None:
             return gh + g
         conv, bn = blk.short
         fs = conv(h.detach())  # only its batch variance is used, held constant
-        gs = _conv_t((g * bn.scale(fs)).flatten(0, 1), conv, h.shape[-2:])
+        gs = _conv_t(g.flatten(0, 1), conv, h.shape[-2:], bn.scale(fs))
         return gh + gs.view(s, n, *h.shape[1:])
 
 
@@ -272,8 +288,9 @@ class SmallCNN(_Normalized):
             conv, hw = self.convs[j], trace["ins"][j].shape[-2:]
             if g is not None:  # through relu(bn(F_j)) then conv_j^T
                 s = g.shape[0]
-                gf = (g * trace["masks"][j] * self.bns[j].scale(feats[j])).flatten(0, 1)
-                g = _conv_t(gf, conv, hw).view(s, n, *trace["ins"][j].shape[1:])
+                gf = _gate(g, trace["masks"][j]).flatten(0, 1)
+                g = _conv_t(gf, conv, hw, self.bns[j].scale(feats[j]))
+                g = g.view(s, n, *trace["ins"][j].shape[1:])
             ones = feats[j].new_ones((1,) + feats[j].shape[1:])
             src = _conv_t(ones, conv, hw).unsqueeze(0).expand(1, n, *trace["ins"][j].shape[1:])
             g = src if g is None else torch.cat([g, src], 0)
