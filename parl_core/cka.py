@@ -154,36 +154,38 @@ def _check_estimator(estimator: str, x: torch.Tensor, batch_size: int):
 
 
 def _features(model, xb: torch.Tensor) -> list[torch.Tensor]:
+    """The model's layer outputs on one batch, each flattened to (b, features).
+
+    Images go in as channels-last: the same values, a faster convolution path on CPU
+    (~25 % for ResNet20), and features that flatten without a copy. CKA does not
+    depend on the order of the features, so none is restored."""
     p = next(model.parameters(), None)
-    dev = p.device if p is not None else xb.device
-    _, feats = model(xb.to(dev), return_features=True)
-    return feats
+    xb = xb.to(p.device if p is not None else xb.device)
+    if xb.dim() == 4:
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    _, feats = model(xb, return_features=True)
+    return [f.permute(0, 2, 3, 1).reshape(len(f), -1) if f.dim() == 4 else f.flatten(1)
+            for f in feats]
 
 
-def _forward_all(models, xb):
-    """One forward per distinct model (the same object passed twice runs once)."""
-    cache = {}
-    for m in models:
-        if id(m) not in cache:
-            cache[id(m)] = _features(m, xb)
-    return [cache[id(m)] for m in models]
+def _distinct(models) -> list[int]:
+    """For each model, the index of its first occurrence (the same object twice runs once)."""
+    return [next(k for k, m in enumerate(models) if m is mi) for mi in models]
 
 
 @torch.no_grad()
 def _minibatch_matrices(models, x, pairs, batch_size):
+    first = _distinct(models)
     num = {p: 0.0 for p in pairs}
-    self_ = [0.0] * len(models)
+    self_ = {k: 0.0 for k in set(first)}
     for s, e in _batches(len(x), batch_size):
-        feats = _forward_all(models, x[s:e])
-        cache = {}  # the same model twice: one Gram stack, (L, b, b) on the CPU (small)
-        for f in feats:
-            if id(f) not in cache:
-                cache[id(f)] = _u_stats(_grams(f).cpu())
-        stats = [cache[id(f)] for f in feats]
+        # one model at a time: its features are freed before the next forward
+        stats = {k: _u_stats(_grams(_features(models[k], x[s:e])).cpu()) for k in self_}
         for i, j in pairs:
-            num[(i, j)] = num[(i, j)] + _hsic_u(stats[i], stats[j], e - s).cpu()
-        self_ = [acc + _hsic_u_self(st, e - s).cpu() for acc, st in zip(self_, stats)]
-    return {(i, j): _ratio_matrix(num[(i, j)], self_[i], self_[j]) for i, j in pairs}
+            num[(i, j)] = num[(i, j)] + _hsic_u(stats[first[i]], stats[first[j]], e - s)
+        for k in self_:
+            self_[k] = self_[k] + _hsic_u_self(stats[k], e - s)
+    return {(i, j): _ratio_matrix(num[(i, j)], self_[first[i]], self_[first[j]]) for i, j in pairs}
 
 
 def _ratio_matrix(num, da, db) -> np.ndarray:
@@ -194,17 +196,18 @@ def _ratio_matrix(num, da, db) -> np.ndarray:
 
 @torch.no_grad()
 def _full_matrices(models, x, pairs, batch_size):
-    """Biased CKA on all n: keep every example's features (on the CPU), then one
-    normalised centred Gram per layer; ⟨K̂_a, L̂_b⟩ accumulated in float64 by row chunks."""
-    first = [next(k for k, m in enumerate(models) if m is mi) for mi in models]
-    chunks = {k: None for k in sorted(set(first))}  # per distinct model: per layer, batches
-    for s in range(0, len(x), batch_size):
-        xb = x[s:s + batch_size]
-        for k in chunks:
-            f = [t.flatten(1).float().cpu() for t in _features(models[k], xb)]
-            chunks[k] = [[t] for t in f] if chunks[k] is None else \
-                [c + [t] for c, t in zip(chunks[k], f)]
-    grams = {k: _normalised_grams(c) for k, c in chunks.items()}
+    """Biased CKA on all n. One model at a time: keep its features for every example
+    (on the CPU), turn them into one normalised centred Gram matrix per layer, free
+    them; then ⟨K̂_a, L̂_b⟩ for every pair of layers, in float64."""
+    first = _distinct(models)
+    grams = {}
+    for k in sorted(set(first)):
+        per_layer = None  # per layer: the batches' features
+        for s in range(0, len(x), batch_size):
+            f = [t.float().cpu() for t in _features(models[k], x[s:s + batch_size])]
+            per_layer = [[t] for t in f] if per_layer is None else \
+                [c + [t] for c, t in zip(per_layer, f)]
+        grams[k] = _normalised_grams(per_layer)
     return {(i, j): _gram_products(grams[first[i]], grams[first[j]]).clamp(0.0, 1.0).numpy()
             for i, j in pairs}
 
