@@ -49,7 +49,8 @@ def worker(n: int, estimator: str, batch: int, threads: int) -> dict:
     sec = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
     return {"n": n, "estimator": estimator, "seconds": sec, "peak_mib": peak,
-            "extra_mib": peak - base, "shape": list(mat.shape), "diag_mean": float(mat.diagonal().mean())}
+            "extra_mib": peak - base, "shape": list(mat.shape),
+            "diag_mean": float(mat.diagonal().mean())}
 
 
 def run(n, estimator, batch, threads):
@@ -75,7 +76,8 @@ def main():
         sys.exit(f"skipped: CIFAR-10 not found under {DATA}")
     threads = args.threads or torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads, batch {args.batch}")
-    print(f"{'estimator':<10} {'n':>5} {'time s':>8} {'peak MiB':>9} {'extra MiB':>10} {'diag mean':>10}")
+    print(f"{'estimator':<10} {'n':>5} {'time s':>8} {'peak MiB':>9} {'extra MiB':>10} "
+          f"{'diag mean':>10}")
     rows = {}
     for est in ["minibatch"] + ([] if args.no_full else ["full"]):
         for n in args.sizes:

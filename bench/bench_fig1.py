@@ -74,7 +74,8 @@ def main():
         for k, (case, _) in cases.items():
             times[k].append(panel(*case))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds")
-    print(f"{'case':<10} {'compute s':>10} {'figures s':>10} {'panel s':>9} {'target s':>9} {'panel/target':>13}")
+    print(f"{'case':<10} {'compute s':>10} {'figures s':>10} {'panel s':>9} {'target s':>9} "
+          f"{'panel/target':>13}")
     for k, (_, target) in cases.items():
         c = statistics.median(t[0] for t in times[k])
         f = statistics.median(t[1] for t in times[k])

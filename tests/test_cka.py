@@ -22,7 +22,8 @@ def _related(n, p, q, seed=0, noise=1.0):
 
 
 def _textbook(x, y):
-    """Kornblith et al. (2019): HSIC = tr(K H L H) / (n-1)², CKA = HSIC(K,L)/sqrt(HSIC(K,K) HSIC(L,L))."""
+    """Kornblith et al. (2019): HSIC = tr(K H L H) / (n-1)²,
+    CKA = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))."""
     n = len(x)
     h = np.eye(n) - np.ones((n, n)) / n
     k, l_ = x @ x.T, y @ y.T

@@ -93,7 +93,7 @@ def test_two_dimensional_inputs_work():
 def test_gradient_cosines_values_zero_gradients_and_types():
     g = torch.tensor([[[1.0, 0.0], [0.0, 0.0]],
                       [[1.0, 1.0], [0.0, 2.0]],
-                      [[-1.0, 0.0], [3.0, 0.0]]])  # (M=3, N=2, D=2); model 0 has a zero gradient at n=1
+                      [[-1.0, 0.0], [3.0, 0.0]]])  # (M=3, N=2, D=2); model 0: zero at n=1
     cos = pc.gradient_cosines(g)
     assert cos.shape == (2, 3, 3)
     assert cos[0, 0, 1].item() == pytest.approx(1 / np.sqrt(2))
@@ -163,7 +163,8 @@ def test_embedding_of_more_vectors_reports_its_distortion():
 
 
 def test_embedding_puts_a_zero_gradient_at_the_origin_and_validates():
-    cos = pc.gradient_cosines(torch.tensor([[[1.0, 0, 0, 0]], [[0.0, 0, 0, 0]], [[1.0, 1, 0, 0]]]))[0]
+    g = torch.tensor([[[1.0, 0, 0, 0]], [[0.0, 0, 0, 0]], [[1.0, 1, 0, 0]]])  # (3, 1, 4)
+    cos = pc.gradient_cosines(g)[0]
     coords, distortion = pc.embed_directions(cos)
     assert np.all(coords[1] == 0)
     assert pc.cosine_to_angle(coords[0] @ coords[2]) == pytest.approx(45.0)

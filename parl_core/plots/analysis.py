@@ -86,7 +86,8 @@ def gradient_maps_figure(x_image, grads, names, mode: str = "signed",
     shared = float(np.percentile(np.abs(maps), clip_percentile)) or 1e-12
     ranges = [shared] * len(maps) if shared_scale else per
     fig = make_subplots(1, len(maps) + 1, horizontal_spacing=0.03, subplot_titles=[
-        "input"] + [f"{n}<br>{'±' if mode == 'signed' else '0–'}{r:.2g}" for n, r in zip(names, ranges)])
+        "input"] + [f"{n}<br>{'±' if mode == 'signed' else '0–'}{r:.2g}"
+                    for n, r in zip(names, ranges)])
     fig.add_trace(_image_trace(x_image), 1, 1)
     signed = mode == "signed"
     for k, (m, r) in enumerate(zip(maps, ranges)):
@@ -121,7 +122,8 @@ def angle_matrix_figure(cos, names, title: str = "Angles between input gradients
     if len(names) != len(c):
         raise ValueError(f"names must name each of the {len(c)} models, got {len(names)}")
     deg = cosine_to_angle(c)
-    text = [[f"{deg[i, j]:.1f}°<br>cos {c[i, j]:.2f}" for j in range(len(c))] for i in range(len(c))]
+    text = [[f"{deg[i, j]:.1f}°<br>cos {c[i, j]:.2f}" for j in range(len(c))]
+            for i in range(len(c))]
     names = [str(n) for n in names]
     fig = go.Figure(go.Heatmap(z=deg, x=names, y=names, zmin=0, zmax=180, colorscale="Viridis",
                                text=text, texttemplate="%{text}", name="angle",
@@ -136,8 +138,8 @@ def directions_3d_figure(cos, names, title: str = "Gradient directions") -> go.F
     """Figure 1(e): unit gradient directions drawn in 3-D, the true angles written on.
 
     One trace per model (a ray from the origin), then one trace of arcs between the
-    rays and one of their true angles (in degrees); the title states whether the drawing is exact (M <= 3)
-    or its largest angle distortion (see `embed_directions`).
+    rays and one of their true angles (in degrees); the title states whether the
+    drawing is exact (M <= 3) or its largest angle distortion (see `embed_directions`).
     """
     c = _cos_matrix(cos)
     if len(names) != len(c):
@@ -207,9 +209,8 @@ def cosine_histogram_figure(distributions: dict, title: str = "Loss-gradient cos
                                    histnorm="percent", opacity=0.6, marker_color=_color(k)))
     first = next(iter(distributions.values()))
     what = first.get("gradient", "loss")
-    fig.update_layout(barmode="overlay", title={"text": f"{title}<br><sup>{what} gradient; "
-                                                       f"all member pairs pooled, n = {first.get('n')} "
-                                                       f"examples per pair</sup>"},
+    sub = f"{what} gradient; all member pairs pooled, n = {first.get('n')} examples per pair"
+    fig.update_layout(barmode="overlay", title={"text": f"{title}<br><sup>{sub}</sup>"},
                       xaxis_title="cosine similarity (−1 … 1)",
                       yaxis_title="share of example-pairs (%)", height=380)
     fig.update_xaxes(range=[-1, 1])
