@@ -1,0 +1,304 @@
+"""L∞ attacks in pixel space: FGSM, BIM, MIM and PGD, as the paper's Appendix A uses them.
+
+One loop serves all four; they differ only where their definitions do (DESIGN §2):
+
+    x^(0)   = x                                   (FGSM, BIM, MIM)
+            = Π(x + U(-ε, ε))                     (PGD: uniform random start, per restart)
+    g       = ∇_x J(x^(k), y)                     (torch.autograd.grad; parameter .grad untouched)
+    d       = sign(g)                             (FGSM, BIM, PGD)
+    m       ← decay·m + g/‖g‖₁, d = sign(m)       (MIM, per example, as Dong et al. 2018 define it;
+                                                   the paper's Appendix A prints sign(g^(k)), a typo)
+    x^(k+1) = Π(x^(k) + α·d)                      Π: onto the ε-ball around x, then onto `bounds`
+
+FGSM is one step with α = ε; BIM, MIM and PGD take `steps` steps of α = ε/5 by default.
+J is the cross-entropy of the model's output on the true labels: for an Ensemble the
+log-mean-softmax (`loss="ensemble"`) or the mean of the members' cross-entropies
+(`loss="members"`). Several ε values (and PGD restarts) run batched in one loop: rows
+are laid out (E, R, N) and each row carries its own ε and step size.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .ensemble import Ensemble
+
+__all__ = ["attack", "attack_restarts", "ATTACKS", "ATTACK_LOSSES", "AttackCancelled",
+           "input_loss"]
+
+ATTACKS = ("fgsm", "bim", "mim", "pgd")
+ATTACK_LOSSES = ("ensemble", "members")
+
+
+class AttackCancelled(Exception):
+    """Raised inside an attack when its `cancel` event fires (evaluation catches it)."""
+
+
+@dataclass
+class _Spec:
+    name: str
+    eps: list          # E values
+    steps: int
+    alpha: list        # E step sizes
+    restarts: int
+    decay: float
+    seed: int
+    bounds: tuple | None
+    loss: str
+    early_stop: bool
+
+
+# --------------------------------------------------------------------------- validation
+def _spec(name, eps, steps, step_size, restarts, decay, seed, bounds, loss, early_stop) -> _Spec:
+    if name not in ATTACKS:
+        raise ValueError(f"attack name must be one of {ATTACKS}, got {name!r}")
+    eps_list = [eps] if isinstance(eps, (int, float)) else list(eps) if eps is not None else []
+    if not eps_list or not all(isinstance(e, (int, float)) and math.isfinite(e) and e >= 0
+                               for e in eps_list):
+        raise ValueError(f"eps must be a number >= 0 or a non-empty list of them, got {eps!r}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 1:
+        raise ValueError(f"restarts must be an int >= 1, got {restarts!r}")
+    if not (isinstance(decay, (int, float)) and decay >= 0):
+        raise ValueError(f"decay must be a number >= 0, got {decay!r}")
+    if not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    if loss not in ATTACK_LOSSES:
+        raise ValueError(f"loss must be one of {ATTACK_LOSSES}, got {loss!r}")
+    if bounds is not None:
+        if len(bounds) != 2 or not float(bounds[0]) < float(bounds[1]):
+            raise ValueError(f"bounds must be None or (low, high) with low < high, got {bounds!r}")
+        bounds = (float(bounds[0]), float(bounds[1]))
+    eps_list = [float(e) for e in eps_list]
+    if name == "fgsm":  # one step of size ε; restarts would repeat the same deterministic step
+        alpha, steps = list(eps_list), 1
+    elif step_size is None:
+        alpha = [e / 5 for e in eps_list]
+    else:
+        sizes = [step_size] * len(eps_list) if isinstance(step_size, (int, float)) else list(step_size)
+        if len(sizes) != len(eps_list) or not all(isinstance(a, (int, float)) and a >= 0 for a in sizes):
+            raise ValueError(f"step_size must be None, a number >= 0 or one per eps "
+                             f"({len(eps_list)}), got {step_size!r}")
+        alpha = [float(a) for a in sizes]
+    restarts = restarts if name == "pgd" else 1  # only PGD's start is random
+    return _Spec(name, eps_list, steps, alpha, restarts, float(decay), seed, bounds, loss,
+                 bool(early_stop))
+
+
+def _check_data(model, x, y, bounds):
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module or parl_core.Ensemble, got {type(model).__name__}")
+    if not torch.is_tensor(x) or not torch.is_tensor(y) or x.dim() < 2 or y.dim() != 1 \
+            or len(x) != len(y):
+        raise ValueError(f"x must be (N, ...) and y (N,) tensors of equal length, got "
+                         f"{tuple(getattr(x, 'shape', ()))} and {tuple(getattr(y, 'shape', ()))}")
+    if bounds is not None and len(x) and (x.min() < bounds[0] - 1e-6 or x.max() > bounds[1] + 1e-6):
+        raise ValueError(f"x must lie within bounds {bounds}, got values in "
+                         f"[{x.min().item():.4g}, {x.max().item():.4g}]")
+
+
+# --------------------------------------------------------------------------- loss
+def _model_device(model) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def input_loss(model, x, y, loss: str = "ensemble", *, need_pred: bool = False):
+    """Per-example attacked loss J(x, y) -> (N,), and the model's decision (N,) or None.
+
+    Ensemble: cross-entropy of the log-mean-softmax ("ensemble") or the mean of the
+    members' cross-entropies ("members"); its decision is the majority vote. Any other
+    module: cross-entropy of its logits, decision argmax.
+    """
+    if isinstance(model, Ensemble):
+        ml = model.member_logits(x)  # (M, N, C)
+        if loss == "ensemble":
+            logp = torch.logsumexp(F.log_softmax(ml, -1), 0) - math.log(len(ml))  # = Ensemble.forward
+            per = F.cross_entropy(logp, y, reduction="none")
+        else:
+            m, n, c = ml.shape
+            per = F.cross_entropy(ml.reshape(m * n, c), y.repeat(m), reduction="none").view(m, n).mean(0)
+        pred = Ensemble.vote(ml.detach()) if need_pred else None
+    else:
+        logits = model(x)
+        per = F.cross_entropy(logits, y, reduction="none")
+        pred = logits.detach().argmax(-1) if need_pred else None
+    return per, pred
+
+
+def _train_flags(model):
+    return [(m, m.training) for m in model.modules()]
+
+
+# --------------------------------------------------------------------------- the loop
+def _restart_seed(seed: int, r: int) -> int:
+    # Restart 0 uses `seed` itself, so PGD's start equals torch's global-seeded uniform_
+    # draw (the reference implementation's) under torch.manual_seed(seed).
+    return (seed + 1_000_003 * r) % (2 ** 63)
+
+
+def _starts(spec: _Spec, x: torch.Tensor) -> torch.Tensor:
+    """x^(0) for every row: (E, R, N, ...)."""
+    e_n, r_n = len(spec.eps), spec.restarts
+    x0 = x.unsqueeze(0).unsqueeze(0).repeat(e_n, r_n, *([1] * x.dim()))
+    if spec.name != "pgd":
+        return x0
+    for r in range(r_n):
+        for i, e in enumerate(spec.eps):
+            # One generator per (restart, ε), seeded alike for every ε: batched ε values
+            # draw the same noise as separate calls would.
+            g = torch.Generator().manual_seed(_restart_seed(spec.seed, r))
+            noise = torch.empty(x.shape, dtype=x.dtype).uniform_(-e, e, generator=g)
+            x0[i, r] += noise.to(x.device)
+    return _clip(x0, x.unsqueeze(0).unsqueeze(0), _col(spec.eps, x, x0.dim()), spec.bounds)
+
+
+def _col(values, like, dim):
+    """E values -> an (E, 1, 1, ...) tensor that broadcasts over (E, R, N, ...)."""
+    return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, *([1] * (dim - 1)))
+
+
+def _clip(xa, x, eps, bounds):
+    """Projection onto the ε-ball around x (min/max, so x ± ε is reached exactly), then bounds."""
+    xa = torch.minimum(torch.maximum(xa, x - eps), x + eps)
+    return xa.clamp(bounds[0], bounds[1]) if bounds is not None else xa
+
+
+def _craft(spec: _Spec, model, x, y, *, record_path=False, tick=None, cancel=None):
+    """Run the attack on every (ε, restart, example) row.
+
+    Returns x_adv (E, R, N, ...), final loss (E, R, N), fooled (E, R, N) bool and, when
+    record_path, the iterates (steps+1, E, R, N, ...).
+    """
+    e_n, r_n, n = len(spec.eps), spec.restarts, len(x)
+    shape = x.shape[1:]
+    rows = e_n * r_n * n
+    xa = _starts(spec, x).reshape(rows, *shape)
+    xs = x.unsqueeze(0).unsqueeze(0).expand(e_n, r_n, *x.shape).reshape(rows, *shape)
+    view = (-1,) + (1,) * (x.dim() - 1)
+    eps = torch.tensor(spec.eps, dtype=x.dtype, device=x.device).repeat_interleave(r_n * n).view(view)
+    alpha = torch.tensor(spec.alpha, dtype=x.dtype, device=x.device).repeat_interleave(r_n * n).view(view)
+    lo, hi = xs - eps, xs + eps
+    yr = y.repeat(e_n * r_n)
+    mom = torch.zeros_like(xa) if spec.name == "mim" else None
+    active = None  # row indices still attacked (early stop); None = all rows
+    path = [xa.clone()] if record_path else None
+    stop = cancel.is_set if hasattr(cancel, "is_set") else cancel
+    for _ in range(spec.steps):
+        if stop is not None and stop():
+            raise AttackCancelled()
+        idx = active
+        xi = (xa if idx is None else xa[idx]).detach().requires_grad_(True)
+        yi = yr if idx is None else yr[idx]
+        per, pred = input_loss(model, xi, yi, spec.loss, need_pred=spec.early_stop)
+        (grad,) = torch.autograd.grad(per.sum(), xi)
+        if spec.name == "mim":
+            l1 = grad.abs().flatten(1).sum(1).view(view)
+            grad = torch.where(l1 > 0, grad / l1.clamp_min(1e-30), torch.zeros_like(grad))  # zero-gradient guard
+            m = spec.decay * (mom if idx is None else mom[idx]) + grad  # g ← decay·g + ∇/‖∇‖₁
+            if idx is None:
+                mom = m
+            else:
+                mom[idx] = m
+            grad = m
+        sel = slice(None) if idx is None else idx
+        new = _clip(xi.detach() + alpha[sel] * grad.sign(), xs[sel], eps[sel], spec.bounds)
+        if spec.early_stop:  # examples already fooled keep their current iterate
+            still = pred == yi
+            new = torch.where(still.view(view), new, xi.detach())
+        if idx is None:
+            xa = new
+        else:
+            xa[idx] = new
+        if spec.early_stop:
+            base = torch.arange(rows, device=x.device) if idx is None else idx
+            active = base[still]
+        if tick is not None:
+            tick(len(per))
+        if record_path:
+            path.append(xa.clone())
+        if active is not None and len(active) == 0:
+            break
+    with torch.no_grad():
+        per, pred = input_loss(model, xa, yr, spec.loss, need_pred=True)
+    out = xa.view(e_n, r_n, n, *shape)
+    if record_path:
+        while len(path) < spec.steps + 1:  # early stop: the iterate stays where it stopped
+            path.append(path[-1])
+        path = torch.stack(path).view(len(path), e_n, r_n, n, *shape)
+    return out, per.view(e_n, r_n, n), (pred != yr).view(e_n, r_n, n), path
+
+
+def _run(name, model, x, y, eps, steps, step_size, restarts, decay, seed, bounds, loss,
+         early_stop, record_path=False, tick=None, cancel=None):
+    """Validate, put the model in eval mode, craft, restore modes; outputs on x's device."""
+    spec = _spec(name, eps, steps, step_size, restarts, decay, seed, bounds, loss, early_stop)
+    _check_data(model, x, y, spec.bounds)
+    device = _model_device(model)
+    flags = _train_flags(model)
+    model.eval()
+    try:
+        with torch.enable_grad():
+            out = _craft(spec, model, x.detach().to(device), y.to(device),
+                         record_path=record_path, tick=tick, cancel=cancel)
+    finally:
+        for m, was in flags:
+            m.training = was
+    return spec, tuple(t.to(x.device) if torch.is_tensor(t) else t for t in out)
+
+
+# --------------------------------------------------------------------------- public
+def attack(name, model, x, y, eps, steps=50, step_size=None, restarts=1, decay=0.01, seed=0,
+           bounds=(0.0, 1.0), *, loss="ensemble", early_stop=False, return_path=False,
+           on_step=None, cancel=None):
+    """Adversarial examples for (x, y) under an L∞ budget eps.
+
+    name: "fgsm" | "bim" | "mim" | "pgd".  model: nn.Module (logits) or Ensemble.
+    x: (N, ...) inputs within `bounds` ((0, 1) pixels; None: no range, e.g. 2-D data).
+    eps: a float -> (N, ...); a list of E floats -> (E, N, ...), crafted in one batched loop.
+    steps, step_size: iterations and α (default ε/5) of BIM/MIM/PGD; FGSM is one step of ε.
+    restarts: PGD random starts; per example the restart that fools the model, and among
+      those (or all, if none does) the one with the highest loss, is returned.
+    decay: MIM's momentum decay (paper: 0.01).  seed: PGD's random starts.
+    loss: "ensemble" (CE of the log-mean-softmax) or "members" (mean of members' CE).
+    early_stop: examples the model already misclassifies stop moving (off: as the paper).
+    return_path: also return the iterates (steps+1, N, ...) from x^(0) (one ε, restarts=1).
+    on_step(rows): called after each step; cancel: an Event (or callable) that aborts
+      with AttackCancelled.
+    Every output satisfies ‖x_adv − x‖∞ ≤ ε and lies within bounds. The model's train/eval
+    modes are restored and no parameter's .grad is touched.
+    """
+    if return_path and (restarts != 1 or not isinstance(eps, (int, float))):
+        raise ValueError(f"return_path needs restarts=1 and a single eps, got restarts={restarts!r}, "
+                         f"eps={eps!r}")
+    spec, (adv, per, fooled, path) = _run(name, model, x, y, eps, steps, step_size, restarts, decay,
+                                          seed, bounds, loss, early_stop, return_path, on_step, cancel)
+    # (E, R, N): prefer restarts that fool the model, then the highest loss.
+    score = per.nan_to_num(posinf=1e30) + fooled.to(per.dtype) * 1e31
+    best = score.argmax(1)  # (E, N)
+    e_n, n = best.shape
+    out = adv[torch.arange(e_n, device=adv.device)[:, None], best, torch.arange(n, device=adv.device)]
+    single = isinstance(eps, (int, float))
+    out = out[0] if single else out
+    if return_path:
+        return out, path[:, 0, 0]
+    return out
+
+
+def attack_restarts(name, model, x, y, eps, steps=50, step_size=None, restarts=1, decay=0.01,
+                    seed=0, bounds=(0.0, 1.0), *, loss="ensemble", early_stop=False,
+                    on_step=None, cancel=None):
+    """Every restart's adversarial examples: (R, N, ...) for one eps, (E, R, N, ...) for a list.
+
+    Same arguments as `attack`. An evaluation counts an example as robust only if the
+    scored model classifies every restart's example correctly (DESIGN §3). FGSM, BIM and
+    MIM are deterministic, so they return R = 1.
+    """
+    _, (adv, _, _, _) = _run(name, model, x, y, eps, steps, step_size, restarts, decay, seed,
+                             bounds, loss, early_stop, False, on_step, cancel)
+    return adv[0] if isinstance(eps, (int, float)) else adv
