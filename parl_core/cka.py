@@ -11,7 +11,10 @@ Estimators (DESIGN §3; every result says which one it used):
   (2012) is averaged over minibatches, then
       CKA = Σ_b HSIC_u(K_b, L_b) / sqrt(Σ_b HSIC_u(K_b, K_b) · Σ_b HSIC_u(L_b, L_b)).
   Memory depends on the batch size only; with one batch of all n it is the full
-  unbiased estimate (`unbiased_cka`), which is its limit as batches grow.
+  unbiased estimate (`unbiased_cka`), which is its limit as batches grow. Batches
+  are taken in the order given, and each batch's HSIC_u is unbiased only if the
+  batch is a random sample: pass examples in random order (e.g. `Dataset.subset`),
+  not sorted by class.
 
 Guards (unbiased estimator): HSIC_u divides by n(n-3), so a batch needs n >= 4; a
 last batch of fewer than 4 examples is merged into the one before it, and fewer than
