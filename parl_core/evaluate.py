@@ -43,7 +43,8 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     den = 1 + z * z / n
     mid = (p + z * z / (2 * n)) / den
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, mid - half), min(1.0, mid + half)
+    # The exact ends at k = 0 and k = n (the formula leaves rounding crumbs there).
+    return (0.0 if k == 0 else max(0.0, mid - half)), (1.0 if k == n else min(1.0, mid + half))
 
 
 @dataclass
@@ -355,9 +356,12 @@ def _check_iterative(attacked) -> dict:
             worse.append(f"{r.attack} ε {r.eps:g}: {r.acc:.3f} > fgsm {fg.loc[r.eps, 'acc']:.3f}")
     if fg.empty:
         return _check("iterative >= fgsm", True, "not checked: no FGSM in this evaluation")
+    short = attacked[attacked.steps * attacked.step_size < attacked.eps - 1e-12]
+    why = ("too few steps: steps × step size < ε, so they cannot reach the ball's boundary"
+           if len(short) else "gradient masking or too few steps?")
     return _check("iterative >= fgsm", not worse,
                   "iterative attacks are at least as strong as FGSM at every ε" if not worse else
-                  "white-box iterative attacks weaker than FGSM (gradient masking?): " + "; ".join(worse))
+                  f"white-box iterative attacks weaker than FGSM ({why}): " + "; ".join(worse))
 
 
 def _check_largest(attacked, column, mode) -> dict:
