@@ -32,7 +32,6 @@ __all__ = ["save_checkpoint", "load_checkpoint", "read_metadata", "file_hash", "
 
 FORMAT_VERSION = 1
 _META_KEY = "parl"
-_MAGIC_PICKLE = (b"\x80", b"PK\x03\x04")  # pickle protocol 2+ / zip (torch.save)
 
 
 class CheckpointError(ValueError):
@@ -103,10 +102,14 @@ def save_checkpoint(path, ens: Ensemble, meta: dict | None = None, *, overwrite:
     return path
 
 
-def _header(raw: bytes, where: str) -> dict:
-    if raw[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or raw[:4] == b"PK\x03\x04":
+def _refuse_pickle(head: bytes, where: str) -> None:
+    if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or head[:4] == b"PK\x03\x04":
         raise CheckpointError(f"{where} is a pickle/torch.save file, not a safetensors checkpoint; "
                               "PARL Lab never unpickles files (they can run code)")
+
+
+def _header(raw: bytes, where: str) -> dict:
+    _refuse_pickle(raw, where)
     if len(raw) < 8:
         raise CheckpointError(f"{where} is too short to be a safetensors file ({len(raw)} bytes)")
     n = int.from_bytes(raw[:8], "little")
@@ -150,6 +153,7 @@ def read_metadata(path) -> dict:
         raise FileNotFoundError(f"checkpoint {path} not found")
     with open(path, "rb") as f:
         head = f.read(8)
+        _refuse_pickle(head, str(path))
         n = int.from_bytes(head, "little") if len(head) == 8 else 0
         raw = head + (f.read(n) if 0 < n < 100_000_000 else f.read())
     size = path.stat().st_size

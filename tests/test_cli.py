@@ -1,0 +1,68 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import parl_core as pc
+from parl_core.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_train_and_info(tmp_path, capsys):
+    out = tmp_path / "run.safetensors"
+    rc = main(["train", "--dataset", "digits", "--members", "2", "--epochs", "2", "--train-subset",
+               "200", "--method", "parl", "--gamma2", "0.3", "--layers", "3", "--out", str(out),
+               "--quiet"])
+    assert rc == 0 and out.is_file()
+    assert not out.with_name(out.name + ".resume.pt").exists()
+    meta = pc.read_metadata(out)
+    assert meta["method"] == "parl" and meta["params"]["gamma2"] == 0.3
+    assert meta["params"]["layers"] == 3 and meta["epochs_done"] == 2 and meta["members"] == 2
+    assert main(["info", str(out), "--eval"]) == 0
+    text = capsys.readouterr().out
+    assert "PARL" in text and "clean accuracy on 450 test examples" in text
+
+
+def test_existing_output_is_protected(tmp_path):
+    out = tmp_path / "run.safetensors"
+    args = ["train", "--members", "2", "--epochs", "1", "--train-subset", "64", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    before = out.read_bytes()
+    with pytest.raises(SystemExit, match="--force"):
+        main(args)
+    assert out.read_bytes() == before
+
+
+def test_bad_input_is_explained(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="unknown method 'nope'"):
+        main(["train", "--method", "nope", "--out", str(tmp_path / "x.safetensors")])
+    assert main(["info", str(tmp_path / "missing.safetensors")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_ctrl_c_keeps_last_epoch_and_resume_finishes(tmp_path):
+    out = tmp_path / "long.safetensors"
+    cmd = [sys.executable, "-m", "parl_core", "train", "--members", "2", "--epochs", "8",
+           "--train-subset", "200", "--eval-size", "100", "--out", str(out), "--quiet"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not out.exists():  # wait for the first finished epoch's checkpoint
+        assert proc.poll() is None and time.monotonic() < deadline, "training ended too early"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "--resume" in err
+    done = pc.read_metadata(out)["epochs_done"]
+    assert 1 <= done < 8
+    rc = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                        timeout=600)
+    assert rc.returncode == 0, rc.stderr
+    meta = pc.read_metadata(out)
+    assert meta["epochs_done"] == 8 and [r["epoch"] for r in meta["history"]] == list(range(1, 9))
