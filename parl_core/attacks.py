@@ -18,6 +18,7 @@ are laid out (E, R, N) and each row carries its own ε and step size.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from .ensemble import Ensemble
 
 __all__ = ["attack", "attack_restarts", "ATTACKS", "ATTACK_LOSSES", "AttackCancelled",
-           "input_loss"]
+           "input_loss", "eval_mode"]
 
 ATTACKS = ("fgsm", "bim", "mim", "pgd")
 ATTACK_LOSSES = ("ensemble", "members")
@@ -131,8 +132,16 @@ def input_loss(model, x, y, loss: str = "ensemble", *, need_pred: bool = False):
     return per, pred
 
 
-def _train_flags(model):
-    return [(m, m.training) for m in model.modules()]
+@contextlib.contextmanager
+def eval_mode(model):
+    """Model (every submodule) in eval mode inside; each module's own mode restored after."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, was in flags:
+            m.training = was
 
 
 # --------------------------------------------------------------------------- the loop
@@ -142,31 +151,37 @@ def _restart_seed(seed: int, r: int) -> int:
     return (seed + 1_000_003 * r) % (2 ** 63)
 
 
-def _starts(spec: _Spec, x: torch.Tensor) -> torch.Tensor:
-    """x^(0) for every row: (E, R, N, ...)."""
-    e_n, r_n = len(spec.eps), spec.restarts
-    x0 = x.unsqueeze(0).unsqueeze(0).repeat(e_n, r_n, *([1] * x.dim()))
-    if spec.name != "pgd":
-        return x0
-    for r in range(r_n):
-        for i, e in enumerate(spec.eps):
-            # One generator per (restart, ε), seeded alike for every ε: batched ε values
-            # draw the same noise as separate calls would.
-            g = torch.Generator().manual_seed(_restart_seed(spec.seed, r))
-            noise = torch.empty(x.shape, dtype=x.dtype).uniform_(-e, e, generator=g)
-            x0[i, r] += noise.to(x.device)
-    return _clip(x0, x.unsqueeze(0).unsqueeze(0), _col(spec.eps, x, x0.dim()), spec.bounds)
+def _layout(spec: _Spec, x: torch.Tensor):
+    """Rows (E, R, N) flattened: x^(0), the ball's corners lo/hi and α per row."""
+    e_n, r_n, n = len(spec.eps), spec.restarts, len(x)
+    rows, shape = e_n * r_n * n, x.shape[1:]
+    view = (-1,) + (1,) * (x.dim() - 1)
+    per_row = lambda v: torch.tensor(v, dtype=x.dtype, device=x.device).repeat_interleave(r_n * n).view(view)
+    eps, alpha = per_row(spec.eps), per_row(spec.alpha)
+    xs = x.unsqueeze(0).unsqueeze(0).expand(e_n, r_n, *x.shape).reshape(rows, *shape)
+    lo, hi = xs - eps, xs + eps
+    x0 = xs.clone()
+    if spec.name == "pgd":  # uniform random start in the ε-ball, one draw per (restart, ε)
+        x0 = x0.view(e_n, r_n, *x.shape)
+        for r in range(r_n):
+            for i, e in enumerate(spec.eps):
+                # Seeded alike for every ε: batched ε values draw what separate calls would.
+                g = torch.Generator().manual_seed(_restart_seed(spec.seed, r))
+                x0[i, r] += torch.empty(x.shape, dtype=x.dtype).uniform_(-e, e, generator=g).to(x.device)
+        x0 = _project(x0.view(rows, *shape), lo, hi, spec.bounds)
+    return x0, lo, hi, alpha
 
 
-def _col(values, like, dim):
-    """E values -> an (E, 1, 1, ...) tensor that broadcasts over (E, R, N, ...)."""
-    return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, *([1] * (dim - 1)))
-
-
-def _clip(xa, x, eps, bounds):
-    """Projection onto the ε-ball around x (min/max, so x ± ε is reached exactly), then bounds."""
-    xa = torch.minimum(torch.maximum(xa, x - eps), x + eps)
+def _project(xa, lo, hi, bounds):
+    """Onto the ε-ball [lo, hi] = [x − ε, x + ε] (min/max: x ± ε is reached exactly), then bounds."""
+    xa = torch.minimum(torch.maximum(xa, lo), hi)
     return xa.clamp(bounds[0], bounds[1]) if bounds is not None else xa
+
+
+def _l1_normalised(grad):
+    """g/‖g‖₁ per example; 0 where the gradient is all zero (MIM's zero-gradient guard)."""
+    l1 = grad.abs().flatten(1).sum(1).view(-1, *([1] * (grad.dim() - 1)))
+    return torch.where(l1 > 0, grad / l1.clamp_min(1e-30), torch.zeros_like(grad))
 
 
 def _craft(spec: _Spec, model, x, y, *, record_path=False, tick=None, cancel=None):
@@ -176,48 +191,28 @@ def _craft(spec: _Spec, model, x, y, *, record_path=False, tick=None, cancel=Non
     record_path, the iterates (steps+1, E, R, N, ...).
     """
     e_n, r_n, n = len(spec.eps), spec.restarts, len(x)
-    shape = x.shape[1:]
-    rows = e_n * r_n * n
-    xa = _starts(spec, x).reshape(rows, *shape)
-    xs = x.unsqueeze(0).unsqueeze(0).expand(e_n, r_n, *x.shape).reshape(rows, *shape)
-    view = (-1,) + (1,) * (x.dim() - 1)
-    eps = torch.tensor(spec.eps, dtype=x.dtype, device=x.device).repeat_interleave(r_n * n).view(view)
-    alpha = torch.tensor(spec.alpha, dtype=x.dtype, device=x.device).repeat_interleave(r_n * n).view(view)
-    lo, hi = xs - eps, xs + eps
+    xa, lo, hi, alpha = _layout(spec, x)
+    rows, view = len(xa), (-1,) + (1,) * (x.dim() - 1)
     yr = y.repeat(e_n * r_n)
     mom = torch.zeros_like(xa) if spec.name == "mim" else None
-    active = None  # row indices still attacked (early stop); None = all rows
+    active = None  # row indices still attacked (early stop); None = every row
     path = [xa.clone()] if record_path else None
     stop = cancel.is_set if hasattr(cancel, "is_set") else cancel
     for _ in range(spec.steps):
         if stop is not None and stop():
             raise AttackCancelled()
-        idx = active
-        xi = (xa if idx is None else xa[idx]).detach().requires_grad_(True)
-        yi = yr if idx is None else yr[idx]
-        per, pred = input_loss(model, xi, yi, spec.loss, need_pred=spec.early_stop)
+        sel = slice(None) if active is None else active
+        xi = xa[sel].detach().requires_grad_(True)
+        per, pred = input_loss(model, xi, yr[sel], spec.loss, need_pred=spec.early_stop)
         (grad,) = torch.autograd.grad(per.sum(), xi)
-        if spec.name == "mim":
-            l1 = grad.abs().flatten(1).sum(1).view(view)
-            grad = torch.where(l1 > 0, grad / l1.clamp_min(1e-30), torch.zeros_like(grad))  # zero-gradient guard
-            m = spec.decay * (mom if idx is None else mom[idx]) + grad  # g ← decay·g + ∇/‖∇‖₁
-            if idx is None:
-                mom = m
-            else:
-                mom[idx] = m
-            grad = m
-        sel = slice(None) if idx is None else idx
-        new = _clip(xi.detach() + alpha[sel] * grad.sign(), xs[sel], eps[sel], spec.bounds)
-        if spec.early_stop:  # examples already fooled keep their current iterate
-            still = pred == yi
+        if mom is not None:  # MIM: g ← decay·g + ∇/‖∇‖₁, step along sign(g)
+            grad = mom[sel] = spec.decay * mom[sel] + _l1_normalised(grad)
+        new = _project(xi.detach() + alpha[sel] * grad.sign(), lo[sel], hi[sel], spec.bounds)
+        if spec.early_stop:  # examples already fooled keep their iterate and leave the batch
+            still = pred == yr[sel]
             new = torch.where(still.view(view), new, xi.detach())
-        if idx is None:
-            xa = new
-        else:
-            xa[idx] = new
-        if spec.early_stop:
-            base = torch.arange(rows, device=x.device) if idx is None else idx
-            active = base[still]
+            active = (torch.arange(rows, device=x.device) if active is None else active)[still]
+        xa[sel] = new
         if tick is not None:
             tick(len(per))
         if record_path:
@@ -226,11 +221,10 @@ def _craft(spec: _Spec, model, x, y, *, record_path=False, tick=None, cancel=Non
             break
     with torch.no_grad():
         per, pred = input_loss(model, xa, yr, spec.loss, need_pred=True)
-    out = xa.view(e_n, r_n, n, *shape)
+    out = xa.view(e_n, r_n, n, *x.shape[1:])
     if record_path:
-        while len(path) < spec.steps + 1:  # early stop: the iterate stays where it stopped
-            path.append(path[-1])
-        path = torch.stack(path).view(len(path), e_n, r_n, n, *shape)
+        path += [path[-1]] * (spec.steps + 1 - len(path))  # early stop: iterates stay put
+        path = torch.stack(path).view(len(path), e_n, r_n, n, *x.shape[1:])
     return out, per.view(e_n, r_n, n), (pred != yr).view(e_n, r_n, n), path
 
 
@@ -240,15 +234,9 @@ def _run(name, model, x, y, eps, steps, step_size, restarts, decay, seed, bounds
     spec = _spec(name, eps, steps, step_size, restarts, decay, seed, bounds, loss, early_stop)
     _check_data(model, x, y, spec.bounds)
     device = _model_device(model)
-    flags = _train_flags(model)
-    model.eval()
-    try:
-        with torch.enable_grad():
-            out = _craft(spec, model, x.detach().to(device), y.to(device),
-                         record_path=record_path, tick=tick, cancel=cancel)
-    finally:
-        for m, was in flags:
-            m.training = was
+    with eval_mode(model), torch.enable_grad():
+        out = _craft(spec, model, x.detach().to(device), y.to(device),
+                     record_path=record_path, tick=tick, cancel=cancel)
     return spec, tuple(t.to(x.device) if torch.is_tensor(t) else t for t in out)
 
 

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .attacks import ATTACKS, AttackCancelled, _spec, attack, attack_restarts, input_loss  # noqa: F401 (re-exported)
+from .attacks import ATTACKS, AttackCancelled, _spec, attack, attack_restarts, eval_mode, input_loss  # noqa: F401 (re-exported)
 from .ensemble import Ensemble
 
 __all__ = ["RobustnessResult", "robustness_curve", "transferability_matrix", "wilson_interval",
@@ -125,37 +125,25 @@ def _members(model) -> int:
 @torch.no_grad()
 def _score(model, x, y, batch: int):
     """(vote correct (N,), member correct (M, N)) of `model` on x, in eval mode."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    dev = _device(model)
-    votes, members = [], []
-    try:
+    dev, votes, members = _device(model), [], []
+    with eval_mode(model):
         for i in range(0, len(x), batch):
             xb, yb = x[i:i + batch].to(dev), y[i:i + batch].to(dev)
             ml = model.member_logits(xb) if isinstance(model, Ensemble) else model(xb)[None]
             votes.append((Ensemble.vote(ml) == yb).cpu())
             members.append((ml.argmax(-1) == yb).cpu())
-    finally:
-        for m, was in flags:
-            m.training = was
     return torch.cat(votes), torch.cat(members, 1)
 
 
 def _zero_grad_share(model, x, y, loss: str, batch: int) -> float:
     """Share of examples whose input gradient of the attacked loss is exactly zero."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
     dev, zero = _device(model), 0
-    try:
-        with torch.enable_grad():
-            for i in range(0, len(x), batch):
-                xb = x[i:i + batch].to(dev).requires_grad_(True)
-                per, _ = input_loss(model, xb, y[i:i + batch].to(dev), loss)
-                (g,) = torch.autograd.grad(per.sum(), xb)
-                zero += (g.flatten(1).abs().sum(1) == 0).sum().item()
-    finally:
-        for m, was in flags:
-            m.training = was
+    with eval_mode(model), torch.enable_grad():
+        for i in range(0, len(x), batch):
+            xb = x[i:i + batch].to(dev).requires_grad_(True)
+            per, _ = input_loss(model, xb, y[i:i + batch].to(dev), loss)
+            (g,) = torch.autograd.grad(per.sum(), xb)
+            zero += (g.flatten(1).abs().sum(1) == 0).sum().item()
     return zero / max(1, len(x))
 
 
