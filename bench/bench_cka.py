@@ -4,7 +4,9 @@ Every layer against every layer (19 x 19). Each configuration runs in a fresh
 subprocess so its peak resident memory (ru_maxrss) is its own; "extra" is the peak
 minus the resident memory after the models and images were loaded. The minibatch
 estimator's memory must not grow with the number of images; the full one keeps every
-example's features, so it does. Time is the call to `layerwise_cka` alone.
+example's features, so it does. Time (wall and CPU seconds of the process) is the call
+to `layerwise_cka` alone; on a crowded machine CPU seconds / threads is the better
+guide to what an idle one would take.
 Target (issue 4): minibatch on 2,000 images <= 10 s on the 2-core machine.
 
     python bench/bench_cka.py [--sizes 500 1000 2000] [--batch 256] [--no-full] [--threads N]
@@ -44,11 +46,11 @@ def worker(n: int, estimator: str, batch: int, threads: int) -> dict:
     with torch.no_grad():  # warm-up: allocator and kernels, outside the measurement
         a(x[:8]), b(x[:8])
     base = _rss_mib()
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     mat = pc.layerwise_cka(a, b, x, batch_size=batch, estimator=estimator)
-    sec = time.perf_counter() - t
+    sec, cpu = time.perf_counter() - t, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
-    return {"n": n, "estimator": estimator, "seconds": sec, "peak_mib": peak,
+    return {"n": n, "estimator": estimator, "seconds": sec, "cpu_seconds": cpu, "peak_mib": peak,
             "extra_mib": peak - base, "shape": list(mat.shape),
             "diag_mean": float(mat.diagonal().mean())}
 
@@ -76,14 +78,14 @@ def main():
         sys.exit(f"skipped: CIFAR-10 not found under {DATA}")
     threads = args.threads or torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads, batch {args.batch}")
-    print(f"{'estimator':<10} {'n':>5} {'time s':>8} {'peak MiB':>9} {'extra MiB':>10} "
-          f"{'diag mean':>10}")
+    print(f"{'estimator':<10} {'n':>5} {'time s':>8} {'CPU s':>7} {'peak MiB':>9} "
+          f"{'extra MiB':>10} {'diag mean':>10}")
     rows = {}
     for est in ["minibatch"] + ([] if args.no_full else ["full"]):
         for n in args.sizes:
             r = rows[(est, n)] = run(n, est, args.batch, args.threads)
-            print(f"{est:<10} {n:>5} {r['seconds']:>8.2f} {r['peak_mib']:>9.0f} "
-                  f"{r['extra_mib']:>10.0f} {r['diag_mean']:>10.3f}")
+            print(f"{est:<10} {n:>5} {r['seconds']:>8.2f} {r['cpu_seconds']:>7.1f} "
+                  f"{r['peak_mib']:>9.0f} {r['extra_mib']:>10.0f} {r['diag_mean']:>10.3f}")
     lo, hi = min(args.sizes), max(args.sizes)
     for est in ["minibatch"] + ([] if args.no_full else ["full"]):
         a, b = rows[(est, lo)], rows[(est, hi)]
