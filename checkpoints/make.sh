@@ -6,3 +6,10 @@ python -m parl_core train $common --method ce_only --seed 0   --out checkpoints/
 python -m parl_core train $common --method parl    --seed 0   --out checkpoints/digits_parl.safetensors
 # A separately seeded plain ensemble: the black-box surrogate.
 python -m parl_core train $common --method ce_only --seed 100 --out checkpoints/digits_surrogate.safetensors
+# The paper's baselines (issue 6), each with its paper's defaults (see parl_core/baselines.py).
+# DVERGE warm-starts from the trained ENS_U above, as its reference trainer starts from a
+# trained plain ensemble (drop --init to train it from scratch).
+python -m parl_core train $common --method adp    --seed 0 --out checkpoints/digits_adp.safetensors
+python -m parl_core train $common --method gal    --seed 0 --out checkpoints/digits_gal.safetensors
+python -m parl_core train $common --method dverge --seed 0 --init checkpoints/digits_ens_u.safetensors \
+  --out checkpoints/digits_dverge.safetensors
