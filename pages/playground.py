@@ -114,8 +114,9 @@ def session_for(cfg: PlaygroundConfig) -> PlaygroundSession:
     return sess
 
 
-def _play():
-    S.pg_playing = not S.get("pg_playing", False)
+def _set_playing(on: bool):
+    # Set, never toggle: a click folded into a queued rerun must not undo itself.
+    S.pg_playing = on
 
 
 def _step():
@@ -131,7 +132,8 @@ def _reset():
 def controls(sess: PlaygroundSession) -> None:
     c = st.columns([1, 1, 1, 4])
     playing = S.get("pg_playing", False)
-    c[0].button("Pause" if playing else "Play", key="pg_play", on_click=_play, type="primary",
+    c[0].button("Pause" if playing else "Play", key="pg_play", on_click=_set_playing, args=(not playing,),
+                type="primary",
                 icon=":material/pause:" if playing else ":material/play_arrow:",
                 use_container_width=True)
     c[1].button("Step", key="pg_step", on_click=_step, icon=":material/skip_next:",
