@@ -15,3 +15,4 @@ from .baselines import adp_loss, gal_loss, dverge_distill  # noqa: E402
 from .gradients import input_gradients, gradient_cosines, cosine_to_angle, cosine_distribution, embed_directions  # noqa: E402
 from .cka import linear_cka, unbiased_cka, minibatch_cka, layerwise_cka, ensemble_cka  # noqa: E402
 from .evaluate import attack, attack_restarts, ATTACKS, robustness_curve, transferability_matrix, evaluate_checkpoint, cached_evaluation, RobustnessResult, wilson_interval  # noqa: E402
+from .playground import PlaygroundConfig, PlaygroundSession, playground_methods  # noqa: E402
