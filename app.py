@@ -8,9 +8,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard import sidebar, state
+from dashboard import config, sidebar, state
 
 st.set_page_config(page_title="PARL Lab", page_icon=":material/hub:", layout="wide")
+config.configure_torch()
 
 HERE = Path(__file__).parent
 PAGES = [
@@ -35,6 +36,7 @@ if wanted and not st.session_state.get("_page_from_url"):
         if wanted.lower() in (p.url_path.lower(), p.title.lower()) and p.url_path != current.url_path:
             st.switch_page(p)
 
+st.session_state["_app_seen"] = True
 state.keep_widget_state()
 sidebar.render()
 current.run()

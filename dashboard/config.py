@@ -52,3 +52,18 @@ def data_root() -> Path | None:
     """Where CIFAR folders are looked for (PARL_DATA, else parl_core's default)."""
     v = os.environ.get("PARL_DATA")
     return Path(v) if v else None
+
+
+def configure_torch() -> None:
+    """Intra-op threads for this server (PARL_TORCH_THREADS, default 1 on CPU).
+
+    One server process runs every session's analyses and the training jobs side by side;
+    with several intra-op threads each, they oversubscribe the cores and OpenMP's
+    spinning threads slow everything down by an order of magnitude (measured here: a
+    2-epoch digits run took 30 s with 2 threads on a busy 2-core machine, 1.3 s with 1)."""
+    import torch
+    v = os.environ.get("PARL_TORCH_THREADS")
+    if v:
+        torch.set_num_threads(max(1, int(v)))
+    elif not torch.cuda.is_available():
+        torch.set_num_threads(1)

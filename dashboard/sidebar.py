@@ -9,7 +9,17 @@ import parl_core as pc
 from . import cache, config, jobs, state
 
 
+def _activate_finished_run() -> None:
+    """A run this session started has been saved: make it the active checkpoint, once."""
+    job = jobs.get_job(st.session_state.get("train_job"))
+    if job is not None and not job.active and job.saved_path is not None \
+            and st.session_state.get("_announced_job") != job.id:
+        st.session_state["_announced_job"] = job.id
+        state.set_checkpoint(job.saved_path.stem)
+
+
 def render() -> None:
+    _activate_finished_run()
     names = list(cache.checkpoints())
     with st.sidebar:
         if not names:

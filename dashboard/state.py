@@ -88,3 +88,23 @@ def default(key: str, value) -> None:
     """Give a persistent widget its initial value (widgets then take no value= argument)."""
     if key not in st.session_state:
         st.session_state[key] = value
+
+
+def through_app() -> None:
+    """Make sure this page runs inside app.py's navigation (sidebar, shared state).
+
+    Streamlit runs the very first session after the server starts in its legacy
+    "pages/ folder" mode when the URL names a page (e.g. a shared /gradients link):
+    the page file runs alone, without app.py, until some run calls st.navigation. We
+    do what st.navigation does (leave legacy mode, for the whole server) and rerun, which
+    brings the page back inside app.py."""
+    if st.session_state.get("_app_seen") or st.session_state.get("_legacy_rerun"):
+        return
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+    ctx = get_script_run_ctx()
+    main = getattr(getattr(ctx, "pages_manager", None), "main_script_path", "")
+    if Path(str(main)).name == "app.py":  # started with `streamlit run app.py`
+        from streamlit.runtime.pages_manager import PagesManager
+        PagesManager.uses_pages_directory = False
+        st.session_state["_legacy_rerun"] = True
+        st.rerun()

@@ -9,6 +9,8 @@ from parl_core.checkpoints import CheckpointError
 
 from dashboard import cache, compute, config, state, tables, ui, uploads
 
+state.through_app()
+
 K = state.KEEP
 st.title("Checkpoints")
 ro = config.readonly()
@@ -79,7 +81,8 @@ with tab_detail:
 # ------------------------------------------------------------------- comparison
 with tab_compare:
     names = list(paths)
-    state.default(f"{K}ck_cmp", [n for n in names if not n.endswith("surrogate")][:4])
+    first = [n for n in state.PREFERRED[::-1] if n in names]  # ENS_U, PARL, then the rest
+    state.default(f"{K}ck_cmp", (first + [n for n in names if n not in first and "surrogate" not in n])[:5])
     st.session_state[f"{K}ck_cmp"] = [n for n in st.session_state[f"{K}ck_cmp"] if n in names]
     chosen = st.multiselect("Checkpoints to compare", names, key=f"{K}ck_cmp")
     if chosen:

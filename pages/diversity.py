@@ -7,6 +7,8 @@ import parl_core.plots as pp
 
 from dashboard import cache, compute, state, ui
 
+state.through_app()
+
 K = state.KEEP
 st.title("Diversity: layer-wise CKA")
 st.caption("CKA compares what two networks compute at a layer: 1 = the same representation "

@@ -8,6 +8,8 @@ import parl_core.plots as pp
 
 from dashboard import cache, compute, state, ui
 
+state.through_app()
+
 K = state.KEEP
 st.title("Gradients")
 st.caption("An adversarial example moves the input along the loss gradient. If two models' "

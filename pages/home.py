@@ -1,7 +1,9 @@
 """Home: what PARL is, Eq. (1), the checkpoints at hand, where to start."""
 import streamlit as st
 
-from dashboard import config, tables, ui
+from dashboard import config, state, tables, ui
+
+state.through_app()
 
 st.title("PARL Lab")
 st.markdown(

@@ -11,6 +11,8 @@ import parl_core.plots as pp
 
 from dashboard import cache, compute, state, ui
 
+state.through_app()
+
 K = state.KEEP
 st.title("Robustness under attack")
 st.caption("An attack nudges every pixel by at most ε (the L∞ budget) in the direction that "

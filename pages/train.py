@@ -9,6 +9,8 @@ from parl_core.data import TOY_2D
 
 from dashboard import cache, config, jobs, methods, state, ui
 
+state.through_app()
+
 K = state.KEEP
 st.title("Train an ensemble")
 st.caption("Training runs on the server in the background: you can visit other pages and come "
@@ -152,9 +154,7 @@ def show_job(job: jobs.Job, polling: bool) -> None:
         st.plotly_chart(pp.history_figure(snap["history"]), key="tr_hist")
         st.caption("Per epoch: loss terms; test accuracy of each member and of the ensemble's vote; "
                    "mean pairwise gradient cosine R/K (lower = more diverse).")
-    if polling and not job.active:  # just finished: refresh the whole app (sidebar lists it)
-        if snap["saved_path"] is not None:
-            state.set_checkpoint(snap["saved_path"].stem)
+    if polling and not job.active:  # just finished: rerun the app, which makes it active
         st.rerun(scope="app")
 
 

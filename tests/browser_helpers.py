@@ -28,13 +28,24 @@ def wait_for_app(page, timeout: float = 30_000) -> None:
     page.wait_for_selector(READY, state="attached", timeout=timeout)
 
 
-def act(page, action, timeout: float = 30_000) -> None:
-    """Do `action()` (a click, a fill...) that triggers a rerun, then wait for that rerun
-    to start and finish. For actions that trigger no rerun use `wait_for_app` instead."""
+def act(page, action, until=None, timeout: float = 30_000) -> None:
+    """Do `action()` (a click, a fill...) that triggers a rerun, then wait for its result.
+
+    until: what the rerun shows when it is done: a Playwright Locator (waited for until
+    attached) or a JavaScript predicate string; then the app must be idle again. This is
+    the robust form. Without `until`, waits to see the script state go to "running" and
+    back; a very fast rerun can be rendered without its "running" state ever reaching the
+    DOM, so prefer `until` wherever the rerun changes something visible."""
     wait_for_app(page, timeout)
-    page.evaluate(_WATCH_JS)
+    if until is None:
+        page.evaluate(_WATCH_JS)
     action()
-    page.wait_for_function("() => window.__parlSawRun === true", timeout=timeout)
+    if until is None:
+        page.wait_for_function("() => window.__parlSawRun === true", timeout=timeout)
+    elif isinstance(until, str):
+        page.wait_for_function(until, timeout=timeout)
+    else:
+        until.first.wait_for(state="attached", timeout=timeout)
     wait_for_app(page, timeout)
 
 
@@ -44,7 +55,8 @@ def goto_page(page, base_url: str, url_path: str = "", timeout: float = 30_000) 
     wait_for_app(page, timeout)
 
 
-def click_sidebar_link(page, label: str, timeout: float = 30_000) -> None:
-    """Navigate with the sidebar's st.navigation link named `label` and wait for the run."""
+def click_sidebar_link(page, label: str, until=None, timeout: float = 30_000) -> None:
+    """Navigate with the sidebar's st.navigation link named `label`; `until` as in `act`
+    (e.g. the page's heading)."""
     link = page.locator('[data-testid="stSidebarNav"] a', has_text=label).first
-    act(page, link.click, timeout)
+    act(page, link.click, until, timeout)

@@ -1,0 +1,86 @@
+"""End to end in a real browser (Playwright + Debian's chromium): start the app, visit
+every page, train a tiny digits PARL ensemble from the Train page and see its checkpoint
+appear, and see a gradient figure, a CKA heatmap and a robustness curve render.
+Waits only on Streamlit's own signals (tests/browser_helpers.py)."""
+from browser_helpers import act, click_sidebar_link, goto_page, wait_for_app
+
+PAGES = {"Home": "PARL Lab", "Train": "Train an ensemble", "Gradients": "Gradients",
+         "Diversity": "Diversity: layer-wise CKA", "Robustness": "Robustness under attack",
+         "Checkpoints": "Checkpoints"}
+CHART = '[data-testid="stPlotlyChart"] .main-svg'
+
+
+def _no_exception(page):
+    assert page.locator('[data-testid="stException"]').count() == 0, \
+        page.locator('[data-testid="stException"]').first.inner_text()
+
+
+def _heading(page, title):
+    return page.get_by_role("heading", name=title)
+
+
+def _set_number(page, label, value, until):
+    box = page.get_by_label(label, exact=True)
+    act(page, lambda: (box.fill(str(value)), box.press("Enter")), until)
+
+
+def _click(page, name, until):
+    act(page, page.get_by_role("button", name=name, exact=True).click, until)
+
+
+def test_every_page_renders(app_url, page):
+    goto_page(page, app_url)
+    for link, title in PAGES.items():
+        click_sidebar_link(page, link, _heading(page, title))
+        _no_exception(page)
+    if page.locator('[data-testid="stSidebarNav"] a', has_text="Playground").count():
+        click_sidebar_link(page, "Playground", "() => location.pathname.endsWith('/playground')")
+        _no_exception(page)
+
+
+def test_train_a_tiny_parl_ensemble(app_url, page):
+    goto_page(page, app_url, "train")
+    _heading(page, "Train an ensemble").wait_for()
+    _set_number(page, "Epochs", 2, page.get_by_text("--epochs 2 --batch-size"))
+    _set_number(page, "Training subset (0 = all)", 300, page.get_by_text("--train-subset 300"))
+    name = page.get_by_label("Checkpoint name", exact=True)
+    act(page, lambda: (name.fill("browser_parl"), name.press("Enter")),
+        page.get_by_text("Will be saved as browser_parl.safetensors"))
+    _click(page, "Start training", page.get_by_text("Run browser_parl"))
+    act(page, lambda: None, page.get_by_text("Finished: 2 epoch(s), saved as browser_parl.safetensors"),
+        timeout=240_000)
+    _no_exception(page)
+    # the new checkpoint is active in the sidebar and listed on Home
+    active = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"] input')
+    assert active.input_value().startswith("browser_parl")
+    click_sidebar_link(page, "Home", page.get_by_text("browser_parl"))
+
+
+def test_gradient_figure(app_url, page):
+    goto_page(page, app_url, "gradients?checkpoint=digits_parl&example=3")
+    page.get_by_text("Test example #3").wait_for()
+    page.locator(CHART).first.wait_for()
+    assert page.locator('[data-testid="stPlotlyChart"]').count() >= 3
+    _no_exception(page)
+
+
+def test_cka_heatmap(app_url, page):
+    goto_page(page, app_url, "diversity?checkpoint=digits_parl")
+    heatmap = page.locator(f"{CHART} .heatmaplayer")
+    if page.get_by_role("button", name="Compute CKA").count():
+        _click(page, "Compute CKA", heatmap)
+    heatmap.first.wait_for(state="attached")
+    _no_exception(page)
+
+
+def test_robustness_curve(app_url, page):
+    goto_page(page, app_url, "robustness?checkpoint=digits_parl")
+    # the caption counts the work: 1 ensemble x 2 attacks x 6 eps x examples x steps
+    _set_number(page, "Examples", 20, page.get_by_text("(2,400 attack-steps)"))
+    _set_number(page, "Steps", 2, page.get_by_text("(480 attack-steps)"))
+    curve = page.get_by_text("Majority-vote accuracy as the attack budget")
+    if page.get_by_role("button", name="Run the evaluation").count():
+        act(page, page.get_by_role("button", name="Run the evaluation").click, curve, timeout=120_000)
+    curve.wait_for()
+    page.locator(f"{CHART} .scatterlayer").first.wait_for(state="attached")
+    _no_exception(page)
