@@ -33,14 +33,19 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def _side_by_side(variants: dict, rounds: int) -> dict:
+def _side_by_side(variants: dict, rounds: int) -> tuple[dict, dict]:
+    """Median wall-clock and CPU (process) seconds of each variant, interleaved rounds.
+    CPU time is the steadier figure on a shared machine when running one thread."""
     for fn in variants.values():  # warm-up
         fn()
-    times = {k: [] for k in variants}
+    wall, cpu = {k: [] for k in variants}, {k: [] for k in variants}
     for _ in range(rounds):  # interleaved, so drifts in machine load hit every variant
         for name, fn in variants.items():
-            times[name].append(_timed(fn))
-    return {k: statistics.median(v) for k, v in times.items()}
+            c = time.process_time()
+            wall[name].append(_timed(fn))
+            cpu[name].append(time.process_time() - c)
+    med = lambda d: {k: statistics.median(v) for k, v in d.items()}  # noqa: E731
+    return med(wall), med(cpu)
 
 
 def _ensemble_and_data(arch: str, batch: int):
@@ -58,23 +63,23 @@ def bench_pgd(args):
     ens, x, y = _ensemble_and_data(args.arch, args.batch)
     eps = 0.2 if args.arch == "smallcnn" else 0.03
     ref = torchattacks.PGD(ens, eps=eps, alpha=eps / 5, steps=args.steps, random_start=True)
-    t = _side_by_side({"parl_core": lambda: pc.attack("pgd", ens, x, y, eps, steps=args.steps),
-                       "torchattacks": lambda: ref(x, y)}, args.rounds)
+    t, c = _side_by_side({"parl_core": lambda: pc.attack("pgd", ens, x, y, eps, steps=args.steps),
+                          "torchattacks": lambda: ref(x, y)}, args.rounds)
     print(f"pgd      {args.arch} x3, batch {len(x)}, {args.steps} steps: parl_core {t['parl_core']:.3f} s, "
           f"torchattacks {t['torchattacks']:.3f} s, ratio {t['parl_core'] / t['torchattacks']:.2f} "
-          f"(target <= 1.0)")
+          f"(CPU time ratio {c['parl_core'] / c['torchattacks']:.2f}; target <= 1.0)")
 
 
 def bench_batched(args):
     ens, x, y = _ensemble_and_data(args.arch, args.batch)
     grid = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35] if args.arch == "smallcnn" else \
         [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07]
-    t = _side_by_side({"batched": lambda: pc.attack("pgd", ens, x, y, grid, steps=args.steps),
-                       "separate": lambda: [pc.attack("pgd", ens, x, y, e, steps=args.steps)
-                                            for e in grid]}, max(1, args.rounds // 2))
+    t, c = _side_by_side({"batched": lambda: pc.attack("pgd", ens, x, y, grid, steps=args.steps),
+                          "separate": lambda: [pc.attack("pgd", ens, x, y, e, steps=args.steps)
+                                               for e in grid]}, max(1, args.rounds // 2))
     print(f"batched  7 eps, {args.arch} x3, batch {len(x)}, {args.steps} steps: one call "
           f"{t['batched']:.2f} s, seven calls {t['separate']:.2f} s, ratio "
-          f"{t['batched'] / t['separate']:.2f}")
+          f"{t['batched'] / t['separate']:.2f} (CPU time ratio {c['batched'] / c['separate']:.2f})")
 
 
 def bench_sweep(args):

@@ -33,6 +33,7 @@ __all__ = ["RobustnessResult", "robustness_curve", "transferability_matrix", "wi
 
 Z95 = 1.959963984540054
 MAX_ROWS = 8192  # default adversarial rows (ε × restarts × examples) per pass
+CACHE_VERSION = 2  # part of every cache key: bump when a change alters evaluation results
 
 
 def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -424,7 +425,8 @@ def _resolve(path, surrogate, n_examples, seed, attacks, eps, steps, step_size, 
            "n_examples": n_examples, "seed": seed, "attacks": list(attacks),
            "eps": [float(e) for e in eps], "steps": steps, "step_size": step_size,
            "restarts": restarts, "decay": decay, "early_stop": early_stop, "loss": loss,
-           "batch_size": batch_size or MAX_ROWS, "library_version": __version__}
+           "batch_size": batch_size or MAX_ROWS, "library_version": __version__,
+           "cache_version": CACHE_VERSION}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     path = Path(path)
     return {**key, "meta": meta, "smeta": smeta}, path.parent / ".cache" / f"eval_{path.stem}_{digest}.json"
