@@ -268,12 +268,14 @@ def _frozen_copy(model):
 
 def _run(name, model, x, y, eps, steps, step_size, restarts, decay, seed, bounds, loss,
          early_stop, record_path=False, tick=None, cancel=None, score=False):
-    """Validate, put the model in eval mode, craft, restore modes; outputs on x's device."""
+    """Validate, craft on an eval-mode copy (or the model itself in eval mode, modes
+    restored after, when it cannot be copied); outputs on x's device."""
     spec = _spec(name, eps, steps, step_size, restarts, decay, seed, bounds, loss, early_stop)
     _check_data(model, x, y, spec.bounds)
     device = _model_device(model)
     work = _frozen_copy(model)
-    with eval_mode(model), torch.enable_grad():  # eval_mode: for the fallback, work is model
+    modes = eval_mode(model) if work is model else contextlib.nullcontext()
+    with modes, torch.enable_grad():
         out = _craft(spec, work, x.detach().to(device), y.to(device),
                      record_path=record_path, tick=tick, cancel=cancel, score=score)
     return spec, tuple(t.to(x.device) if torch.is_tensor(t) else t for t in out)
@@ -302,8 +304,8 @@ def attack(name, model, x, y, eps, steps=50, step_size=None, restarts=1, decay=0
     return_path: also return the iterates (steps+1, N, ...) from x^(0) (one ε, restarts=1).
     on_step(rows): called after each step; cancel: an Event (or callable) that aborts
       with AttackCancelled.
-    Every output satisfies ‖x_adv − x‖∞ ≤ ε and lies within bounds. The model's train/eval
-    modes are restored and no parameter's .grad is touched.
+    Every output satisfies ‖x_adv − x‖∞ ≤ ε and lies within bounds. The model is attacked
+    in eval mode through a copy: its own modes, flags and parameters' .grad are untouched.
     """
     if return_path and (restarts != 1 or not isinstance(eps, (int, float))):
         raise ValueError(f"return_path needs restarts=1 and a single eps, got restarts={restarts!r}, "

@@ -2,6 +2,8 @@
 against an independent implementation (torchattacks 3.5.1) on the shipped digits ENS_U."""
 from __future__ import annotations
 
+import copy
+import threading
 from pathlib import Path
 
 import pytest
@@ -175,6 +177,26 @@ def test_modes_restored_and_grads_untouched(ens, data):
     finally:
         p0.grad = None
         ens.eval()
+
+
+class _Uncopyable(nn.Module):
+    """A model that copy.deepcopy refuses (it holds a lock): attacked as it is."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.lock = model, threading.Lock()
+
+    def forward(self, x):
+        return self.model(x)
+
+
+def test_uncopyable_model_is_attacked_in_place_and_restored(ens, data):
+    x, y = data
+    wrapped = _Uncopyable(copy.deepcopy(ens.members[0])).train()
+    adv = pc.attack("bim", wrapped, x[:8], y[:8], 0.1, steps=3)
+    assert wrapped.training and all(m.training for m in wrapped.modules())
+    assert all(p.grad is None for p in wrapped.parameters())
+    assert torch.equal(adv, pc.attack("bim", wrapped.model.eval(), x[:8], y[:8], 0.1, steps=3))
 
 
 def test_members_loss_single_model_and_2d():
