@@ -22,7 +22,8 @@ from parl_core.plots.playground import (alignment_figure, layer_cosine_figure,  
                                         members_figure, playground_history_figure,
                                         transfer_figure)
 
-FRAME_S = 0.1  # play mode: the fragment reruns this often (one epoch and a redraw each)
+FRAME_S = 0.1  # play mode: the members fragment reruns this often (an epoch and a redraw)
+ANALYSIS_S = 1.0  # ... and the analysis charts this often
 DEFAULT = PlaygroundConfig()
 # URL parameter -> (widget key, parser). Config fields first, then the attack.
 URL = {"ds": ("dataset", str), "n": ("n_samples", int), "noise": ("noise", float),
@@ -200,50 +201,54 @@ def transfer_view(sess: PlaygroundSession) -> None:
                f"transfer: mean **{t['transfer']:.0%}**. Lower transfer is what diversity buys.")
 
 
+def members_view(sess: PlaygroundSession) -> None:
+    """Train one epoch when playing, then redraw the members, the vote and the attack."""
+    t0 = time.perf_counter()
+    if S.get("pg_playing"):
+        if sess.epoch >= MAX_EPOCHS:
+            S.pg_playing = False
+        else:
+            sess.step()
+    _clicked_point(sess)
+    attack_widgets(sess)
+    frame = S.pg_frame = sess.frame()
+    attack = sess.attack_path(int(S.pg_point), member=int(S.pg_src), attack=S.pg_attack,
+                              eps=float(S.pg_eps))
+    h = sess.history[-1] if sess.history else None
+    fig = members_figure(frame, attack, accuracies=h["member_acc"] + [h["test_acc"]] if h else None)
+    status_line(sess, 1000 * (time.perf_counter() - t0))
+    st.plotly_chart(fig, key="pg_chart", on_select="rerun", selection_mode="points")
+    fooled = ", ".join(f"M{i + 1}" for i, c in enumerate(attack["crossed"]) if c) or "none"
+    st.caption(f"Each plot is one member: shading is its confidence, the black line its "
+               f"boundary, the arrows the way its loss rises (toward its boundary). The "
+               f"{attack['attack'].upper()} path is crafted on **M{attack['member'] + 1}** only "
+               f"and drawn on every plot; a red ✗ means it crossed that boundary. Fooled: "
+               f"**{fooled}**. Under ENS_U the members' boundaries nearly coincide, so an attack "
+               f"on one fools them all; watch whether the boundaries part under PARL.")
+
+
+def analysis_view(sess: PlaygroundSession) -> None:
+    """Alignment map, per-layer cosines, training curves and transfer of the latest frame."""
+    frame = S.pg_frame
+    c1, c2, c3 = st.columns(3)
+    c1.plotly_chart(alignment_figure(frame), key="pg_fig_align")
+    c1.caption("Red: the members' loss gradients point alike, so an attack on one member "
+               "moves the point toward the others' boundaries too. Blue: they disagree.")
+    c2.plotly_chart(layer_cosine_figure(frame.layer_cos, frame.floor), key="pg_fig_layers")
+    c2.caption(f"PARL drives each layer's mean pairwise cosine toward the floor "
+               f"−1/(M−1) = {frame.floor:.2f}: at the floor the regulariser is saturated, "
+               f"{sess.config.members} vectors cannot spread further.")
+    c3.plotly_chart(playground_history_figure(frame.history), key="pg_fig_history")
+    with c3:
+        transfer_view(sess)
+
+
 def live_view() -> None:
+    """Two fragments: while playing, the members redraw every frame and the slower-moving
+    analysis charts once a second, so the browser spends its time on what moves most."""
     playing = S.get("pg_playing", False)
-
-    @st.fragment(run_every=FRAME_S if playing else None)
-    def frame_view():
-        sess = S.pg_session
-        t0 = time.perf_counter()
-        if S.get("pg_playing"):
-            if sess.epoch >= MAX_EPOCHS:
-                S.pg_playing = False
-            else:
-                sess.step()
-        _clicked_point(sess)
-        attack_widgets(sess)
-        frame = sess.frame()
-        attack = sess.attack_path(int(S.pg_point), member=int(S.pg_src), attack=S.pg_attack,
-                                  eps=float(S.pg_eps))
-        h = sess.history[-1] if sess.history else None
-        accs = h["member_acc"] + [h["test_acc"]] if h else None
-        figs = (members_figure(frame, attack, accuracies=accs), alignment_figure(frame),
-                layer_cosine_figure(frame.layer_cos, frame.floor),
-                playground_history_figure(frame.history))
-        status_line(sess, 1000 * (time.perf_counter() - t0))
-        st.plotly_chart(figs[0], key="pg_chart", on_select="rerun", selection_mode="points")
-        fooled = ", ".join(f"M{i + 1}" for i, c in enumerate(attack["crossed"]) if c) or "none"
-        st.caption(f"Each plot is one member: shading is its confidence, the black line its "
-                   f"boundary, the arrows the way its loss rises (toward its boundary). The "
-                   f"{attack['attack'].upper()} path is crafted on **M{attack['member'] + 1}** only "
-                   f"and drawn on every plot; a red ✗ means it crossed that boundary. Fooled: "
-                   f"**{fooled}**. Under ENS_U the members' boundaries nearly coincide, so an attack "
-                   f"on one fools them all; watch whether the boundaries part under PARL.")
-        c1, c2, c3 = st.columns(3)
-        c1.plotly_chart(figs[1], key="pg_fig_align")
-        c1.caption("Red: the members' loss gradients point alike, so an attack on one member "
-                   "moves the point toward the others' boundaries too. Blue: they disagree.")
-        c2.plotly_chart(figs[2], key="pg_fig_layers")
-        c2.caption(f"PARL drives each layer's mean pairwise cosine toward the floor "
-                   f"−1/(M−1) = {frame.floor:.2f}: at the floor the regulariser is saturated, "
-                   f"{sess.config.members} vectors cannot spread further.")
-        c3.plotly_chart(figs[3], key="pg_fig_history")
-        with c3:
-            transfer_view(sess)
-
-    frame_view()
+    st.fragment(members_view, run_every=FRAME_S if playing else None)(S.pg_session)
+    st.fragment(analysis_view, run_every=ANALYSIS_S if playing else None)(S.pg_session)
 
 
 # --------------------------------------------------------------------------- page

@@ -16,6 +16,9 @@ __all__ = ["CLASS_COLORS", "members_figure", "alignment_figure", "layer_cosine_f
 CLASS_COLORS = ["#f59322", "#0877bd", "#2ca02c", "#9467bd", "#d62728"]
 _PALE = ["#fbd9ad", "#a9d3ee", "#b7e2b1", "#d5c6e8", "#f2b4b4"]
 _HEIGHT = 290
+# The plane's points, lines and arrows are drawn with WebGL: redrawing ~2,000 SVG markers
+# every frame cost the browser ~5x more than WebGL (bench/bench_playground_browser.py).
+_SCATTER = "scattergl"
 
 
 def _figure(traces, layout) -> go.Figure:
@@ -93,10 +96,10 @@ def _title(k, cols, rows, text):
 def _attack_traces(path, crossed, k):
     ax = dict(xaxis=f"x{k}", yaxis=f"y{k}", showlegend=False)
     color = "#d62728" if crossed else "#222222"
-    return [dict(type="scatter", x=path[:, 0], y=path[:, 1], mode="lines+markers",
+    return [dict(type=_SCATTER, x=path[:, 0], y=path[:, 1], mode="lines+markers",
                  name="attack path", line=dict(color="#222222", width=2), marker=dict(size=4),
                  hoverinfo="skip", **ax),
-            dict(type="scatter", x=path[-1:, 0], y=path[-1:, 1], mode="markers",
+            dict(type=_SCATTER, x=path[-1:, 0], y=path[-1:, 1], mode="markers",
                  name="attack end", customdata=[int(crossed)], hoverinfo="skip",
                  marker=dict(symbol="x", size=13, color=color, line=dict(width=1)), **ax)]
 
@@ -113,16 +116,16 @@ def _plot_traces(frame, i, k, cell, colors, colorscale):
         probs, pred, (bx, by) = frame.vote_probs, frame.vote, frame.vote_boundary
         name = "vote boundary"
     out = [_region_trace(frame, probs, pred, k),
-           dict(type="scatter", x=bx.astype(np.float32), y=by.astype(np.float32), mode="lines",
+           dict(type=_SCATTER, x=bx.astype(np.float32), y=by.astype(np.float32), mode="lines",
                 name=name, hoverinfo="skip",
                 line=dict(color="#111111", width=2), **ax),
-           dict(type="scatter", x=frame.train_x[:, 0], y=frame.train_x[:, 1], mode="markers",
+           dict(type=_SCATTER, x=frame.train_x[:, 0], y=frame.train_x[:, 1], mode="markers",
                 name="train", hovertemplate="point %{pointNumber}<extra></extra>",
                 marker=dict(size=5, color=colors, colorscale=colorscale, cmin=0, cmax=1,
                             line=dict(color="white", width=0.5)), **ax)]
     if i < m:
         gx, gy = arrow_segments(frame.arrow_points, frame.arrow_grads[i], 0.45 * cell)
-        out.append(dict(type="scatter", x=gx, y=gy, mode="lines", name=f"gradient M{i + 1}",
+        out.append(dict(type=_SCATTER, x=gx, y=gy, mode="lines", name=f"gradient M{i + 1}",
                         hoverinfo="skip", line=dict(color="rgba(40,40,40,0.55)", width=1), **ax))
     return out
 
@@ -166,9 +169,9 @@ def alignment_figure(frame) -> go.Figure:
         dict(type="heatmap", x=frame.xs, y=frame.ys, z=frame.alignment, zmin=-1, zmax=1,
              colorscale=scale, name="alignment", colorbar=dict(title=dict(text="cos"), thickness=12),
              hovertemplate="x %{x:.2f}, y %{y:.2f}<br>mean cos %{z:.2f}<extra></extra>"),
-        dict(type="scatter", x=frame.vote_boundary[0], y=frame.vote_boundary[1], mode="lines",
+        dict(type=_SCATTER, x=frame.vote_boundary[0], y=frame.vote_boundary[1], mode="lines",
              name="vote boundary", line=dict(color="#111111", width=1.5), hoverinfo="skip"),
-        dict(type="scatter", x=frame.train_x[:, 0], y=frame.train_x[:, 1], mode="markers",
+        dict(type=_SCATTER, x=frame.train_x[:, 0], y=frame.train_x[:, 1], mode="markers",
              name="train", marker=dict(size=3, color="rgba(0,0,0,0.25)"), hoverinfo="skip")]
     layout = dict(height=360, margin=dict(l=10, r=10, t=30, b=10), showlegend=False,
                   title=dict(text=f"local gradient alignment (floor {frame.floor:.2f})",
