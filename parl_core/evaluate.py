@@ -239,14 +239,19 @@ def robustness_curve(target, x, y, *, attacks=ATTACKS, eps=None, surrogate=None,
     warnings = notes + [c["detail"] for c in checks if not c["ok"]]
     if cancelled:
         warnings.append("evaluation cancelled: the table holds only the attacks that finished.")
-    settings = {"attacks": list(attacks), "eps": [float(e) for e in eps], "mode": mode, "n": n,
-                "seed": seed, **kw, "bounds": list(bounds) if bounds is not None else None,
-                "batch_size": cap, "target_members": _members(target),
-                "surrogate_members": _members(surrogate) if black else None,
-                "device": str(_device(target)), "library_version": __version__,
-                "torch_version": torch.__version__}
     prog.emit("end", cancelled=cancelled)
-    return RobustnessResult(df, warnings, settings, checks, cancelled)
+    return RobustnessResult(df, warnings, _settings(attacks, eps, mode, n, seed, kw, cap, target,
+                                                    surrogate), checks, cancelled)
+
+
+def _settings(attacks, eps, mode, n, seed, kw, cap, target, surrogate) -> dict:
+    """Every setting of an evaluation, and the versions that produced it."""
+    return {"attacks": list(attacks), "eps": [float(e) for e in eps], "mode": mode, "n": n,
+            "seed": seed, **kw, "bounds": list(kw["bounds"]) if kw["bounds"] is not None else None,
+            "batch_size": cap, "target_members": _members(target),
+            "surrogate_members": _members(surrogate) if surrogate is not None else None,
+            "device": str(_device(target)), "library_version": __version__,
+            "torch_version": torch.__version__}
 
 
 def _one_attack(spec, kw, target, source, x, y, cap, prog, cancel, mode, clean_acc) -> list:
