@@ -69,8 +69,10 @@ def main():
         steps[name] = make_step(name, ens, x, y, pool, **params)
         steps[name]()  # warm-up
     times = {k: [] for k in steps}
-    for _ in range(args.rounds):  # interleaved, so drifts in machine load hit every method
-        for name, step in steps.items():
+    names = list(steps)
+    for r in range(args.rounds):  # interleaved, so drifts in machine load hit every method;
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotated: no fixed slot
+            step = steps[name]
             t = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - t)

@@ -1,6 +1,7 @@
 """ADP, GAL and DVERGE: formulas against slow direct computations, gradients reach every
 member, distillation stays in its ball and moves features, and each method trains."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,6 +221,8 @@ def test_one_epoch_through_train(digits, method, params):
     rec = hist[0]
     assert math.isfinite(rec["loss"]) and rec["test_acc"] is not None and rec["train_acc"] is not None
     assert {k: hist.method_params[k] for k in params} == params
+    if method == "dverge":  # the epoch's distillation layer and the clean CE are logged
+        assert rec["layer"] in (1, 2, 3, 4) and rec["clean_ce"] > 0
     assert pc.method_label(method) == {"adp": "ADP", "gal": "GAL", "dverge": "DVERGE"}[method]
 
 
@@ -228,7 +231,7 @@ def test_one_epoch_through_train(digits, method, params):
                                           ("dverge", ["--param", "steps=3", "--init",
                                                       "checkpoints/digits_ens_u.safetensors"])])
 def test_one_epoch_through_cli_records_method_and_params(tmp_path, monkeypatch, method, extra):
-    root = pytest.importorskip("pathlib").Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)
     if "--init" in extra and not (root / extra[-1]).exists():
         pytest.skip("shipped ENS_U checkpoint absent")
