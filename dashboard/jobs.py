@@ -70,6 +70,7 @@ class Job:
     steps: list = field(default_factory=list)       # (global_step, loss, parts) per step
     history: list = field(default_factory=list)     # per-epoch records
     error: str | None = None
+    steps_per_epoch: int | None = None
     saved_path: Path | None = None
     cancel_event: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -78,6 +79,7 @@ class Job:
         ev = {k: v for k, v in ev.items() if k != "state"}  # weights stay in the worker
         with self.lock:
             self.last = ev
+            self.steps_per_epoch = ev.get("steps", self.steps_per_epoch)
             if ev["event"] == "step":
                 self.status = "running"
                 self.steps.append((ev["global_step"], ev["loss"], dict(ev.get("parts", {}))))
@@ -90,6 +92,7 @@ class Job:
             return {"id": self.id, "status": self.status, "last": dict(self.last),
                     "steps": list(self.steps), "history": list(self.history),
                     "error": self.error, "saved_path": self.saved_path,
+                    "steps_per_epoch": self.steps_per_epoch,
                     "settings": self.settings, "started": self.started}
 
     def cancel(self) -> None:

@@ -37,7 +37,8 @@ def render() -> None:
             ok = cache.dataset_available(ds)
             st.markdown(f"**Method** {pc.method_label(meta.get('method', '?'))} · "
                         f"**members** {meta.get('members')} · **{meta.get('model', {}).get('arch', '?')}**")
-            st.markdown(f"**Dataset** `{ds}` " + ("· data available ✅" if ok else "· data missing ⚠️"))
+            st.markdown(f"**Dataset** `{ds}` " + ("· data available :material/check_circle:" if ok
+                                                   else "· data missing :material/warning:"))
             if not ok:
                 st.caption(cache.data_hint(ds))
         st.markdown(f"**Device** {cache.device_label()}")

@@ -108,3 +108,14 @@ def through_app() -> None:
         PagesManager.uses_pages_directory = False
         st.session_state["_legacy_rerun"] = True
         st.rerun()
+
+
+def default_choice(key: str, options, value) -> None:
+    """Like `default`, for a selection: also reset it when its value is no longer an option
+    (a checkpoint deleted, another dataset). Lists are filtered instead."""
+    opts = list(options)
+    cur = st.session_state.get(key)
+    if isinstance(value, list):
+        st.session_state[key] = [v for v in (cur if isinstance(cur, list) else value) if v in opts]
+    elif cur not in opts:
+        st.session_state[key] = value

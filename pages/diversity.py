@@ -28,8 +28,10 @@ n_test = len(compute.test_set(dataset))
 same = [n for n, p in cache.checkpoints().items() if cache.metadata(p).get("dataset") == dataset]
 
 c = st.columns(4)
-n = c[0].slider("Test examples", 50, n_test, min(450, n_test), step=50, key=f"{K}dv_n")
-batch = c[1].select_slider("Minibatch size", [32, 64, 128, 256, 512], value=128, key=f"{K}dv_batch",
+state.default(f"{K}dv_n", min(450, n_test))
+state.default_choice(f"{K}dv_batch", [32, 64, 128, 256, 512], 128)
+n = c[0].slider("Test examples", 50, n_test, step=50, key=f"{K}dv_n")
+batch = c[1].select_slider("Minibatch size", [32, 64, 128, 256, 512], key=f"{K}dv_batch",
                            help="The unbiased minibatch estimator averages over batches of this size.")
 estimator = c[2].radio("Estimator", ["minibatch", "full"], key=f"{K}dv_est", horizontal=True,
                        help="minibatch: unbiased (Nguyen et al. 2021), memory-bounded; "
@@ -37,8 +39,8 @@ estimator = c[2].radio("Estimator", ["minibatch", "full"], key=f"{K}dv_est", hor
 other = [x for x in same if x != active.stem]
 default_b = state.by_method("ce_only", dataset) if cache.metadata(active).get("method") != "ce_only" \
     else state.by_method("parl", dataset)
-compare = c[3].selectbox("Compare with", ["(none)", *other], key=f"{K}dv_cmp",
-                         index=(other.index(default_b) + 1) if default_b in other else 0)
+state.default_choice(f"{K}dv_cmp", ["(none)", *other], default_b if default_b in other else "(none)")
+compare = c[3].selectbox("Compare with", ["(none)", *other], key=f"{K}dv_cmp")
 shown = [active.stem] + ([compare] if compare != "(none)" else [])
 paths = cache.checkpoints()
 keys = {name: ("cka", compute.ref(paths[name]), dataset, n, batch, estimator) for name in shown}
@@ -50,7 +52,7 @@ if any(v is None for v in have.values()):
             if have[name] is None:
                 have[name] = compute.store(k, compute.ensemble_cka(k[1], dataset, n, batch, estimator))
             bar.progress((i + 1) / len(keys), f"{name} done")
-        bar.empty()
+        st.rerun()  # draw again from the store, without the button
     else:
         st.caption("Computed on request (seconds on digits); results are kept for everyone.")
         st.stop()

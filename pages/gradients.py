@@ -74,9 +74,12 @@ with c[1]:
         st.number_input(f"Test example (0–{n_test - 1})", 0, n_test - 1, key="gr_index",
                         on_change=lambda: set_example(st.session_state["gr_index"]))
     elif mode == "by class":
+        state.default_choice(f"{K}gr_class", range(len(test.classes)), 0)
         cls = st.selectbox("Class", range(len(test.classes)), format_func=lambda k: str(test.classes[k]),
                            key=f"{K}gr_class")
         idx = np.flatnonzero(test.labels.numpy() == cls)
+        state.default(f"{K}gr_nth", 1)
+        st.session_state[f"{K}gr_nth"] = min(st.session_state[f"{K}gr_nth"], len(idx))
         nth = st.slider("Which one of this class", 1, len(idx), key=f"{K}gr_nth")
         set_example(idx[nth - 1])
     elif mode == "at random":
@@ -144,9 +147,12 @@ names_all = list(same)
 a0 = state.by_method("ce_only", dataset) or names_all[0]
 b0 = state.by_method("parl", dataset) or names_all[-1]
 c = st.columns(4)
-ca = c[0].selectbox("Ensemble A", names_all, index=names_all.index(a0), key=f"{K}gr_dist_a")
-cb = c[1].selectbox("Ensemble B", names_all, index=names_all.index(b0), key=f"{K}gr_dist_b")
-n = c[2].slider("Test examples", 50, n_test, min(450, n_test), step=50, key=f"{K}gr_dist_n")
+state.default_choice(f"{K}gr_dist_a", names_all, a0)
+state.default_choice(f"{K}gr_dist_b", names_all, b0)
+state.default(f"{K}gr_dist_n", min(450, n_test))
+ca = c[0].selectbox("Ensemble A", names_all, key=f"{K}gr_dist_a")
+cb = c[1].selectbox("Ensemble B", names_all, key=f"{K}gr_dist_b")
+n = c[2].slider("Test examples", 50, n_test, step=50, key=f"{K}gr_dist_n")
 c[3].caption(f"Gradient: {what}.")
 keys = {lab: ("cosdist", compute.ref(same[lab]), dataset, n, layer) for lab in dict.fromkeys([ca, cb])}
 have = {lab: compute.stored(k) for lab, k in keys.items()}
@@ -157,7 +163,7 @@ if any(v is None for v in have.values()) and st.button("Compute the distribution
         if have[lab] is None:
             have[lab] = compute.store(k, compute.cosine_distribution(k[1], dataset, n, layer))
         bar.progress((i + 1) / len(keys))
-    bar.empty()
+    st.rerun()  # draw again from the store, without the button
 if all(v is not None for v in have.values()):
     dists = {f"{pc.method_label(cache.metadata(same[lab])['method'])} ({lab})": v for lab, v in have.items()}
     ui.show_figure(pp.cosine_histogram_figure(dists), "How aligned the members' gradients are, example by "

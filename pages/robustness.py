@@ -45,15 +45,16 @@ def paper_defaults():
 # ------------------------------------------------------------------- settings
 state.default(f"{K}rb_steps", 10 if on_cpu else 50)
 state.default(f"{K}rb_restarts", 1)
-state.default(f"{K}rb_n", min(200 if on_cpu else 1000, n_test))
 state.default(f"{K}rb_attacks", ["fgsm", "pgd"] if on_cpu else list(pc.ATTACKS))
+state.default(f"{K}rb_n", min(200 if on_cpu else 1000, n_test))
+st.session_state[f"{K}rb_n"] = min(st.session_state[f"{K}rb_n"], n_test)  # another dataset
 grid = pc.default_eps_grid(dataset)
 c = st.columns([2, 3, 2])
 attacks = c[0].multiselect("Attacks", list(pc.ATTACKS), key=f"{K}rb_attacks",
                            format_func=str.upper, help="FGSM: one step of ε. BIM: many small steps. "
                            "MIM: BIM with momentum. PGD: BIM from a random start, with restarts.")
-eps_text = c[1].text_input("ε grid (pixel units, comma-separated)", ", ".join(f"{e:g}" for e in grid),
-                           key=f"{K}rb_eps_{dataset}",
+state.default(f"{K}rb_eps_{dataset}", ", ".join(f"{e:g}" for e in grid))
+eps_text = c[1].text_input("ε grid (pixel units, comma-separated)", key=f"{K}rb_eps_{dataset}",
                            help=f"Default for {dataset}: {grid}. The paper's CIFAR grid is 0.01 … 0.07.")
 mode = c[2].radio("Adversary", ["black-box (surrogate)", "white-box"], key=f"{K}rb_mode",
                   help="Black-box: the attacker trains its own model and transfers its examples.")
@@ -65,7 +66,8 @@ if mode.startswith("black"):
     if not sur_opts:
         st.warning("Black-box needs a second checkpoint of this dataset as the surrogate.")
         st.stop()
-    surrogate = c[0].selectbox("Surrogate", sur_opts, index=sur_opts.index(sur_default), key=f"{K}rb_sur")
+    state.default_choice(f"{K}rb_sur", sur_opts, sur_default)
+    surrogate = c[0].selectbox("Surrogate", sur_opts, key=f"{K}rb_sur")
 n = c[1].number_input("Examples", 10, n_test, key=f"{K}rb_n", step=50)
 steps = c[2].number_input("Steps", 1, 500, key=f"{K}rb_steps",
                           help="Paper: 50. On a CPU 10 is a good start (a few seconds on digits).")
@@ -81,9 +83,10 @@ except ValueError as e:
 if not attacks:
     st.info("Pick at least one attack.")
     st.stop()
-compare = st.multiselect("Also show (same settings, computed too)", [n for n in same if n != active.stem
-                                                                     and n != surrogate],
-                         key=f"{K}rb_cmp", default=None)
+cmp_opts = [n for n in same if n not in (active.stem, surrogate)]
+state.default(f"{K}rb_cmp", [n for n in [state.by_method("ce_only", dataset)] if n in cmp_opts])
+state.default_choice(f"{K}rb_cmp", cmp_opts, [])
+compare = st.multiselect("Also show (same settings, computed too)", cmp_opts, key=f"{K}rb_cmp")
 targets = [active.stem, *compare]
 kw = dict(n_examples=int(n), seed=0, attacks=list(attacks), eps=eps, steps=int(steps),
           restarts=int(restarts), surrogate=str(paths[surrogate]) if surrogate else None)
@@ -101,8 +104,8 @@ def run_evaluations(missing):
             pc.evaluate_checkpoint(str(paths[name]), on_progress=tick, **kw)
         except (ValueError, RuntimeError) as e:
             ui.show_error(f"The evaluation of {name} failed", e, "Check the settings above.")
-            return
-    bar.empty()
+            return False
+    return True
 
 
 results = {t: pc.cached_evaluation(str(paths[t]), **kw) for t in targets}
@@ -112,8 +115,8 @@ if missing:
     st.caption(f"Not computed yet for {', '.join(missing)} ({work:,} attack-steps). Results are "
                "cached beside the checkpoint and shown at once next time.")
     if st.button("Run the evaluation", type="primary", icon=":material/play_arrow:", key="rb_go"):
-        run_evaluations(missing)
-        results = {t: pc.cached_evaluation(str(paths[t]), **kw) for t in targets}
+        if run_evaluations(missing):
+            st.rerun()  # draw the page again from the cache, without the button
 if any(r is None for r in results.values()):
     st.stop()
 
@@ -133,7 +136,7 @@ for w in res.warnings:
     st.warning(w, icon=":material/warning:")
 with st.expander("Sanity checks"):
     for chk in getattr(res, "checks", []):
-        st.markdown(f"{'✅' if chk['ok'] else '⚠️'} **{chk['check']}** — {chk['detail']}")
+        st.markdown(f"{':material/check_circle:' if chk['ok'] else ':material/warning:'} **{chk['check']}** — {chk['detail']}")
 
 st.subheader("Table 1 row")
 e_sel = st.select_slider("ε", eps, value=eps[len(eps) // 2], key=f"rb_eps_row_{dataset}")
@@ -147,7 +150,9 @@ for t in targets:
     rows.append(r)
 ui.show_table(pd.DataFrame(rows), f"Accuracy at ε = {e_sel:g} for each attack ({res.settings.get('mode')}), "
               "as in the paper's Table 1; download the full table for every ε and its intervals.",
-              key="rb_table1", prov=prov, title=f"table1_eps{e_sel:g}", hide_index=True)
+              key="rb_table1", prov=prov, title=f"table1_eps{e_sel:g}", hide_index=True,
+              column_config={c: st.column_config.NumberColumn(c, format="percent")
+                             for c in ["clean", *[a.upper() for a in attacks]]})
 st.download_button("Full table (CSV)", res.table.to_csv(index=False), f"robustness_{active.stem}.csv",
                    "text/csv", key="rb_full_csv", on_click="ignore", icon=":material/download:")
 
@@ -162,8 +167,9 @@ matrix = compute.stored(t_key)
 if matrix is None and c[2].button("Compute the matrix", key="rb_t_go", icon=":material/grid_on:"):
     with st.spinner("Attacking each member and scoring the others…"):
         sub = compute.test_set(dataset).subset(min(int(n), 200), seed=0)
-        matrix = compute.store(t_key, pc.transferability_matrix(ens, sub.images, sub.labels, attack=t_attack,
-                                                                eps=t_eps, steps=int(steps)))
+        compute.store(t_key, pc.transferability_matrix(ens, sub.images, sub.labels, attack=t_attack,
+                                                       eps=t_eps, steps=int(steps)))
+    st.rerun()
 if matrix is not None:
     ui.show_figure(pp.transfer_matrix_figure(matrix, attack=t_attack, eps=t_eps),
                    "Accuracy of each member (column) on examples crafted on another member (row). "

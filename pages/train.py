@@ -146,8 +146,7 @@ def show_job(job: jobs.Job, polling: bool) -> None:
                    icon=":material/check_circle:")
     else:
         st.warning("Cancelled before the first epoch finished: nothing was saved.")
-    steps_per_epoch = last.get("steps")
-    st.plotly_chart(pp.step_loss_figure(snap["steps"], steps_per_epoch), key="tr_steps")
+    st.plotly_chart(pp.step_loss_figure(snap["steps"], snap["steps_per_epoch"]), key="tr_steps")
     st.caption("Batch loss terms as training runs (ce: the members' summed cross-entropy; reg: "
                "PARL's pairwise gradient similarity, which falls as members diversify).")
     if snap["history"]:

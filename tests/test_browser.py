@@ -84,3 +84,13 @@ def test_robustness_curve(app_url, page):
     curve.wait_for()
     page.locator(f"{CHART} .scatterlayer").first.wait_for(state="attached")
     _no_exception(page)
+
+
+def test_settings_survive_a_visit_to_another_page(app_url, page):
+    goto_page(page, app_url, "diversity?checkpoint=digits_parl")
+    act(page, page.get_by_text("full", exact=True).click, page.get_by_role("radio", name="full", checked=True))
+    click_sidebar_link(page, "Home", _heading(page, "PARL Lab"))
+    click_sidebar_link(page, "Diversity", _heading(page, "Diversity: layer-wise CKA"))
+    assert page.get_by_role("radio", name="full").is_checked()
+    assert page.locator('[data-testid="stAlert"]:has-text("Session State")').count() == 0
+    _no_exception(page)

@@ -1,0 +1,126 @@
+"""Dashboard speed in a real browser (Playwright + Debian's chromium), issue 5's goals:
+
+  startup      `streamlit run app.py` to the Home page fully rendered       goal <= 5 s
+  first render each page, a fresh browser session, shipped checkpoints     goal <= 2 s
+               (measured twice: right after startup with cold caches, then warm)
+  example      Gradients page: change the test example, new figures shown  goal <= 1 s
+  training     default digits PARL run from the Train page, click to done  goal <= 30 s
+               beside the same run by the CLI (`python -m parl_core train`), measured
+               right after on the same machine: the ratio is the dashboard's overhead.
+
+Times are wall-clock from the action to Streamlit's own "script finished" signal plus
+the expected content (tests/browser_helpers.py). Prints a table; asserts nothing.
+
+    python bench/bench_dashboard.py [--skip-training]
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from browser_helpers import act, goto_page, wait_for_app  # noqa: E402
+from conftest import CHROMIUM, copy_checkpoints, start_app, stop_app  # noqa: E402
+
+PAGES = {"": "PARL Lab", "train": "Train an ensemble", "gradients": "Gradients",
+         "diversity": "Diversity: layer-wise CKA", "robustness": "Robustness under attack",
+         "checkpoints": "Checkpoints", "playground": None}
+GOALS = {"startup": 5.0, "page": 2.0, "example": 1.0, "training": 30.0}
+
+
+def first_render(browser, url: str, path: str, title: str | None) -> float:
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = ctx.new_page()
+    t = time.perf_counter()
+    goto_page(page, url, path, timeout=120_000)
+    if title:
+        page.get_by_role("heading", name=title).first.wait_for()
+    if path in ("", "gradients", "checkpoints"):  # pages whose first render holds a figure/table
+        page.locator('[data-testid="stPlotlyChart"] .main-svg, [data-testid="stDataFrame"]').first.wait_for(
+            state="attached", timeout=60_000)
+    dt = time.perf_counter() - t
+    ctx.close()
+    return dt
+
+
+def example_change(browser, url: str, n: int = 5) -> list[float]:
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = ctx.new_page()
+    goto_page(page, url, "gradients?checkpoint=digits_parl&example=0", timeout=120_000)
+    box = page.get_by_label("Test example (0–449)", exact=True)
+    times = []
+    for i in range(1, n + 1):
+        t = time.perf_counter()
+        act(page, lambda i=i: (box.fill(str(10 * i)), box.press("Enter")),
+            page.get_by_text(f"Test example #{10 * i} "))
+        times.append(time.perf_counter() - t)
+    ctx.close()
+    return times
+
+
+def training(browser, url: str) -> float:
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = ctx.new_page()
+    goto_page(page, url, "train?checkpoint=digits_parl", timeout=120_000)
+    page.get_by_role("heading", name="Train an ensemble").wait_for()
+    t = time.perf_counter()
+    act(page, page.get_by_role("button", name="Start training").click, page.get_by_text("Run digits_parl_s0"))
+    act(page, lambda: None, page.get_by_text("Finished: 15 epoch(s)"), timeout=600_000)
+    dt = time.perf_counter() - t
+    ctx.close()
+    return dt
+
+
+def cli_training(folder: Path) -> float:
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "parl_core", "train", "--dataset", "digits", "--method", "parl",
+                    "--quiet", "--out", str(folder / "cli_parl.safetensors"), "--force"],
+                   cwd=REPO, check=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    return time.perf_counter() - t
+
+
+def row(name, secs, goal):
+    print(f"{name:<34} {secs:7.2f} s   goal {goal:5.1f} s   {secs / goal:5.2f} x goal")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--skip-training", action="store_true")
+    args = ap.parse_args()
+    from playwright.sync_api import sync_playwright
+    folder = copy_checkpoints(Path(tempfile.mkdtemp()) / "checkpoints")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--headless"])
+        t = time.perf_counter()
+        proc, url = start_app(folder)
+        try:
+            startup = time.perf_counter() - t + first_render(browser, url, "", "PARL Lab")
+            row("startup to Home rendered", startup, GOALS["startup"])
+            for label in ("cold", "warm"):
+                for path, title in PAGES.items():
+                    if path == "playground" and not (REPO / "pages/playground.py").exists():
+                        continue
+                    row(f"first render {path or 'home'} ({label})", first_render(browser, url, path, title),
+                        GOALS["page"])
+            ex = sorted(example_change(browser, url))
+            row("gradients example change (median)", ex[len(ex) // 2], GOALS["example"])
+            row("gradients example change (max)", ex[-1], GOALS["example"])
+            if not args.skip_training:
+                dash = training(browser, url)
+                row("default digits PARL, Train page", dash, GOALS["training"])
+        finally:
+            stop_app(proc)
+            browser.close()
+    if not args.skip_training:
+        cli = cli_training(folder)
+        row("same run, CLI (1 thread)", cli, GOALS["training"])
+        print(f"dashboard / CLI time ratio: {dash / cli:.2f}")
+
+
+if __name__ == "__main__":
+    main()
