@@ -25,7 +25,8 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .attacks import ATTACKS, AttackCancelled, _spec, attack, attack_restarts, eval_mode, input_loss  # noqa: F401 (re-exported)
+from .attacks import (ATTACKS, AttackCancelled, _spec, attack, attack_restarts,  # noqa: F401
+                      eval_mode, input_loss)  # (attack is re-exported through this module)
 from .ensemble import Ensemble
 
 __all__ = ["RobustnessResult", "robustness_curve", "transferability_matrix", "wilson_interval",

@@ -71,7 +71,8 @@ def test_fgsm_is_its_formula(ens, data):
 
 @pytest.mark.parametrize("name", ["bim", "mim", "pgd"])
 def test_matches_torchattacks(name, ens, data):
-    ta = pytest.importorskip("torchattacks", reason="dev-only reference: pip install --no-deps torchattacks==3.5.1")
+    ta = pytest.importorskip("torchattacks",
+                             reason="dev-only reference: pip install --no-deps torchattacks==3.5.1")
     x, y = data
     eps = 0.15
     ref_attack = {"bim": lambda: ta.BIM(ens, eps=eps, alpha=eps / 5, steps=50),
