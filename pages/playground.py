@@ -223,8 +223,8 @@ def members_view(sess: PlaygroundSession) -> None:
                f"boundary, the arrows the way its loss rises (toward its boundary). The "
                f"{attack['attack'].upper()} path is crafted on **M{attack['member'] + 1}** only "
                f"and drawn on every plot; a red ✗ means it crossed that boundary. Fooled: "
-               f"**{fooled}**. Under ENS_U the members' boundaries nearly coincide, so an attack "
-               f"on one fools them all; watch whether the boundaries part under PARL.")
+               f"**{fooled}**. Where the members' boundaries coincide, an attack on one fools them "
+               f"all; compare ENS_U and PARL on the same seed (switch the method, same link).")
 
 
 def analysis_view(sess: PlaygroundSession) -> None:
@@ -237,7 +237,9 @@ def analysis_view(sess: PlaygroundSession) -> None:
     c2.plotly_chart(layer_cosine_figure(frame.layer_cos, frame.floor), key="pg_fig_layers")
     c2.caption(f"PARL drives each layer's mean pairwise cosine toward the floor "
                f"−1/(M−1) = {frame.floor:.2f}: at the floor the regulariser is saturated, "
-               f"{sess.config.members} vectors cannot spread further.")
+               f"{sess.config.members} vectors cannot spread further. In 2-D that can happen while "
+               f"the loss gradients (left) still agree: diverse layer gradients do not by "
+               f"themselves make the boundaries differ.")
     c3.plotly_chart(playground_history_figure(frame.history), key="pg_fig_history")
     with c3:
         transfer_view(sess)

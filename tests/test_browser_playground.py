@@ -13,7 +13,9 @@ def _epoch(page) -> int:
 
 
 def test_playground_steps_and_plays_in_the_browser(app_url, page):
+    goto_page(page, app_url)  # the app first, so its st.navigation owns the routes
     goto_page(page, app_url, "playground?n=120&w=16&d=2")
+    page.locator('[data-testid="stSidebarNav"] a', has_text="Playground").first.wait_for()
     page.get_by_text("Epoch 0").first.wait_for()
     page.locator(".js-plotly-plot").nth(3).wait_for()  # members, alignment, layers, history
     act(page, page.get_by_role("button", name="Step").click)
