@@ -211,6 +211,7 @@ def members_view(sess: PlaygroundSession) -> None:
             sess.step()
     _clicked_point(sess)
     attack_widgets(sess)
+    write_url(sess.config)  # the attack settings change in fragment-only reruns too
     frame = S.pg_frame = sess.frame()
     attack = sess.attack_path(int(S.pg_point), member=int(S.pg_src), attack=S.pg_attack,
                               eps=float(S.pg_eps))

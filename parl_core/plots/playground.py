@@ -157,7 +157,7 @@ def members_figure(frame, attack: dict | None = None, *, cols: int = 3,
         titles.append(_title(i + 1, cols, rows, head))
     layout.update(height=_HEIGHT * rows, margin=dict(l=10, r=10, t=30, b=10),
                   annotations=titles, plot_bgcolor="white", dragmode=False,
-                  uirevision="members", clickmode="event")
+                  uirevision="members")
     return _figure(traces, layout)
 
 
