@@ -22,6 +22,7 @@ import contextlib
 import copy
 import math
 from dataclasses import dataclass
+from numbers import Real
 
 import torch
 import torch.nn as nn
@@ -58,8 +59,8 @@ class _Spec:
 def _spec(name, eps, steps, step_size, restarts, decay, seed, bounds, loss, early_stop) -> _Spec:
     if name not in ATTACKS:
         raise ValueError(f"attack name must be one of {ATTACKS}, got {name!r}")
-    eps_list = [eps] if isinstance(eps, (int, float)) else list(eps) if eps is not None else []
-    if not eps_list or not all(isinstance(e, (int, float)) and math.isfinite(e) and e >= 0
+    eps_list = [eps] if isinstance(eps, Real) else list(eps) if eps is not None else []
+    if not eps_list or not all(isinstance(e, Real) and math.isfinite(e) and e >= 0
                                for e in eps_list):
         raise ValueError(f"eps must be a number >= 0 or a non-empty list of them, got {eps!r}")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
@@ -82,8 +83,8 @@ def _spec(name, eps, steps, step_size, restarts, decay, seed, bounds, loss, earl
     elif step_size is None:
         alpha = [e / 5 for e in eps_list]
     else:
-        sizes = [step_size] * len(eps_list) if isinstance(step_size, (int, float)) else list(step_size)
-        if len(sizes) != len(eps_list) or not all(isinstance(a, (int, float)) and a >= 0 for a in sizes):
+        sizes = [step_size] * len(eps_list) if isinstance(step_size, Real) else list(step_size)
+        if len(sizes) != len(eps_list) or not all(isinstance(a, Real) and a >= 0 for a in sizes):
             raise ValueError(f"step_size must be None, a number >= 0 or one per eps "
                              f"({len(eps_list)}), got {step_size!r}")
         alpha = [float(a) for a in sizes]
@@ -307,7 +308,7 @@ def attack(name, model, x, y, eps, steps=50, step_size=None, restarts=1, decay=0
     Every output satisfies ‖x_adv − x‖∞ ≤ ε and lies within bounds. The model is attacked
     in eval mode through a copy: its own modes, flags and parameters' .grad are untouched.
     """
-    if return_path and (restarts != 1 or not isinstance(eps, (int, float))):
+    if return_path and (restarts != 1 or not isinstance(eps, Real)):
         raise ValueError(f"return_path needs restarts=1 and a single eps, got restarts={restarts!r}, "
                          f"eps={eps!r}")
     spec, (adv, per, fooled, path) = _run(name, model, x, y, eps, steps, step_size, restarts, decay,
@@ -319,7 +320,7 @@ def attack(name, model, x, y, eps, steps=50, step_size=None, restarts=1, decay=0
         best = (per.nan_to_num(posinf=1e30) + fooled.to(per.dtype) * 1e31).argmax(1)  # (E, N)
         e_n, n = best.shape
         out = adv[torch.arange(e_n, device=adv.device)[:, None], best, torch.arange(n, device=adv.device)]
-    single = isinstance(eps, (int, float))
+    single = isinstance(eps, Real)
     out = out[0] if single else out
     if return_path:
         return out, path[:, 0, 0]
@@ -337,4 +338,4 @@ def attack_restarts(name, model, x, y, eps, steps=50, step_size=None, restarts=1
     """
     _, (adv, _, _, _) = _run(name, model, x, y, eps, steps, step_size, restarts, decay, seed,
                              bounds, loss, early_stop, False, on_step, cancel)
-    return adv[0] if isinstance(eps, (int, float)) else adv
+    return adv[0] if isinstance(eps, Real) else adv

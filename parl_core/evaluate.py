@@ -18,6 +18,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
+from numbers import Real
 from pathlib import Path
 
 import numpy as np
@@ -178,7 +179,7 @@ def _validate(attacks, eps, batch_size):
         raise ValueError(f"attacks must be distinct names from {ATTACKS}, got {attacks!r}")
     if eps is None:
         raise ValueError("eps is required: a number or a list (see parl_core.default_eps_grid)")
-    eps = [eps] if isinstance(eps, (int, float)) else list(eps)
+    eps = [eps] if isinstance(eps, Real) else list(eps)
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be None or an int >= 1, got {batch_size!r}")
     return attacks, eps
@@ -393,7 +394,7 @@ def transferability_matrix(ens, x, y, *, attack="pgd", eps, steps=50, step_size=
     """
     if not isinstance(ens, Ensemble):
         raise ValueError(f"ens must be a parl_core.Ensemble, got {type(ens).__name__}")
-    if not isinstance(eps, (int, float)):
+    if not isinstance(eps, Real):
         raise ValueError(f"eps must be one number, got {eps!r}")
     x, y = x.detach().cpu(), y.detach().cpu()
     cap = batch_size or MAX_ROWS
