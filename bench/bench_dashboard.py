@@ -91,6 +91,7 @@ def row(name, secs, goal):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-training", action="store_true")
+    ap.add_argument("--only-training", action="store_true")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
     folder = copy_checkpoints(Path(tempfile.mkdtemp()) / "checkpoints")
@@ -101,15 +102,16 @@ def main() -> None:
         try:
             startup = time.perf_counter() - t + first_render(browser, url, "", "PARL Lab")
             row("startup to Home rendered", startup, GOALS["startup"])
-            for label in ("cold", "warm"):
+            for label in () if args.only_training else ("cold", "warm"):
                 for path, title in PAGES.items():
                     if path == "playground" and not (REPO / "pages/playground.py").exists():
                         continue
                     row(f"first render {path or 'home'} ({label})", first_render(browser, url, path, title),
                         GOALS["page"])
-            ex = sorted(example_change(browser, url))
-            row("gradients example change (median)", ex[len(ex) // 2], GOALS["example"])
-            row("gradients example change (max)", ex[-1], GOALS["example"])
+            if not args.only_training:
+                ex = sorted(example_change(browser, url))
+                row("gradients example change (median)", ex[len(ex) // 2], GOALS["example"])
+                row("gradients example change (max)", ex[-1], GOALS["example"])
             if not args.skip_training:
                 dash = training(browser, url)
                 row("default digits PARL, Train page", dash, GOALS["training"])

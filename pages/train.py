@@ -127,6 +127,17 @@ def _progress_text(last: dict) -> str:
             f"{last.get('elapsed', 0):.1f} s elapsed" + (f" · about {eta:.0f} s left" if eta else ""))
 
 
+def _history_figure(job_id: str, epochs: int, history: list):
+    """Built once per finished epoch, not on every poll: figure building holds the GIL
+    that the training thread needs between its (small) tensor operations."""
+    key = (job_id, epochs)
+    cached = st.session_state.get("_tr_hist_fig")
+    if cached is None or cached[0] != key:
+        cached = (key, pp.history_figure(history))
+        st.session_state["_tr_hist_fig"] = cached
+    return cached[1]
+
+
 def show_job(job: jobs.Job, polling: bool) -> None:
     snap = job.snapshot()
     s, last = snap["settings"], snap["last"]
@@ -146,11 +157,12 @@ def show_job(job: jobs.Job, polling: bool) -> None:
                    icon=":material/check_circle:")
     else:
         st.warning("Cancelled before the first epoch finished: nothing was saved.")
-    st.plotly_chart(pp.step_loss_figure(snap["steps"], snap["steps_per_epoch"]), key="tr_steps")
+    steps = snap["steps"][:: max(1, len(snap["steps"]) // 300)]  # a few hundred points are enough
+    st.plotly_chart(pp.step_loss_figure(steps, snap["steps_per_epoch"]), key="tr_steps")
     st.caption("Batch loss terms as training runs (ce: the members' summed cross-entropy; reg: "
                "PARL's pairwise gradient similarity, which falls as members diversify).")
     if snap["history"]:
-        st.plotly_chart(pp.history_figure(snap["history"]), key="tr_hist")
+        st.plotly_chart(_history_figure(job.id, len(snap["history"]), snap["history"]), key="tr_hist")
         st.caption("Per epoch: loss terms; test accuracy of each member and of the ensemble's vote; "
                    "mean pairwise gradient cosine R/K (lower = more diverse).")
     if polling and not job.active:  # just finished: rerun the app, which makes it active
@@ -172,4 +184,4 @@ if settings is not None:
         start(settings)
         job = jobs.get_job(st.session_state.get("train_job"))
 if job is not None:
-    st.fragment(run_every=0.5 if job.active else None)(show_job)(job, job.active)
+    st.fragment(run_every=1.0 if job.active else None)(show_job)(job, job.active)
