@@ -384,28 +384,37 @@ def _check_largest(attacked, column, mode) -> dict:
 
 # --------------------------------------------------------------------------- transferability
 def transferability_matrix(ens, x, y, *, attack="pgd", eps, steps=50, step_size=None, restarts=1,
-                           decay=0.01, seed=0, bounds=(0.0, 1.0), batch_size=None) -> np.ndarray:
-    """(M, M) ACCURACY of member j (column) on adversarial examples crafted on member i (row).
+                           decay=0.01, seed=0, bounds=(0.0, 1.0), batch_size=None,
+                           metric="accuracy") -> np.ndarray:
+    """(M, M) matrix between members: row i = examples crafted on member i, column j = member j.
 
-    The matrix DVERGE reports between sub-models (its figures show the attack success
-    rate, which is 1 − this accuracy on examples every member classifies correctly).
-    Here every example counts, so the diagonal is each member's white-box accuracy.
-    With restarts, an example counts as correct only if every restart's is.
+    metric "accuracy" (default): member j's ACCURACY on every example crafted on member i,
+      so the diagonal is each member's white-box accuracy.
+    metric "success_rate": as DVERGE's figures report it, the share of the examples member
+      j classifies correctly when clean that the attack from member i makes it misclassify.
+    With restarts, an example counts as correct only if every restart's example is.
     """
     if not isinstance(ens, Ensemble):
         raise ValueError(f"ens must be a parl_core.Ensemble, got {type(ens).__name__}")
     if not isinstance(eps, Real):
         raise ValueError(f"eps must be one number, got {eps!r}")
+    if metric not in ("accuracy", "success_rate"):
+        raise ValueError(f"metric must be 'accuracy' or 'success_rate', got {metric!r}")
     x, y = x.detach().cpu(), y.detach().cpu()
     cap = batch_size or MAX_ROWS
     m_n = len(ens.members)
+    clean = _score(ens, x, y, cap)[1]  # (M, N)
     out = np.zeros((m_n, m_n))
     for i, member in enumerate(ens.members):
         adv = attack_restarts(attack, member, x, y, eps, steps, step_size, restarts, decay, seed,
                               bounds)  # (R, N, ...)
         r_n = adv.shape[0]
         _, mem = _score(ens, adv.reshape(-1, *x.shape[1:]), y.repeat(r_n), cap)
-        out[i] = mem.view(m_n, r_n, -1).all(1).double().mean(1).numpy()
+        correct = mem.view(m_n, r_n, -1).all(1)  # (M, N)
+        if metric == "accuracy":
+            out[i] = correct.double().mean(1).numpy()
+        else:
+            out[i] = ((clean & ~correct).sum(1).double() / clean.sum(1).clamp(min=1)).numpy()
     return out
 
 

@@ -177,6 +177,10 @@ def test_transferability_matrix(ens, data):
     want = [(mem(adv).argmax(-1) == y).float().mean().item() for mem in ens.members]
     assert m[1] == pytest.approx(want)
     assert m.diagonal().mean() < m[~torch.eye(3, dtype=bool).numpy()].mean()  # white-box is strongest
+    rate = pc.transferability_matrix(ens, x, y, attack="bim", eps=0.2, steps=3, metric="success_rate")
+    clean = [mem(x).argmax(-1) == y for mem in ens.members]
+    want = [((mem(adv).argmax(-1) != y) & c).sum().item() / c.sum().item() for mem, c in zip(ens.members, clean)]
+    assert rate[1] == pytest.approx(want)
 
 
 def test_evaluate_checkpoint_caches(ckpts, monkeypatch):
