@@ -24,7 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from browser_helpers import act, goto_page, wait_for_app  # noqa: E402
+from browser_helpers import act, goto_page  # noqa: E402
 from conftest import CHROMIUM, copy_checkpoints, start_app, stop_app  # noqa: E402
 
 PAGES = {"": "PARL Lab", "train": "Train an ensemble", "gradients": "Gradients",

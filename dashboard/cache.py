@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import streamlit as st
 import torch
 
@@ -108,7 +107,3 @@ def device_label() -> str:
     if dev.type == "cuda":
         return f"GPU ({torch.cuda.get_device_name(0)})"
     return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-
-
-def to_numpy(t) -> np.ndarray:
-    return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)

@@ -27,5 +27,3 @@ def checkpoint_table() -> pd.DataFrame:
                      "created": m.get("created"), "size_kB": round(path.stat().st_size / 1024, 1)})
     return pd.DataFrame(rows)
 
-
-ACC_FMT = {"clean_acc": "{:.1%}", "mean_R_per_layer": "{:+.3f}"}

@@ -62,7 +62,8 @@ prov = ui.provenance([paths[x] for x in shown], {"dataset": dataset, "split": "t
                                                   "batch_size": batch, "estimator": estimator},
                      command=f"python -c \"import parl_core as pc; ens, _ = pc.load_checkpoint('{active}'); "
                              f"x = pc.load_dataset('{dataset}', 'test').subset({n}, seed=0).images; "
-                             f"print(pc.ensemble_cka(ens, x, batch_size={batch}, estimator='{estimator}')['overall'])\"")
+                             f"print(pc.ensemble_cka(ens, x, batch_size={batch}, "
+                             f"estimator='{estimator}')['overall'])\"")
 ui.show_figure(pp.cka_curves_figure({label[x]: have[x] for x in shown}),
                "Same-layer CKA of every member pair, layer by layer; the legend gives each pair's "
                "average over layers. Lower curves = members that compute more differently "

@@ -136,7 +136,8 @@ for w in res.warnings:
     st.warning(w, icon=":material/warning:")
 with st.expander("Sanity checks"):
     for chk in getattr(res, "checks", []):
-        st.markdown(f"{':material/check_circle:' if chk['ok'] else ':material/warning:'} **{chk['check']}** — {chk['detail']}")
+        mark = ":material/check_circle:" if chk["ok"] else ":material/warning:"
+        st.markdown(f"{mark} **{chk['check']}** — {chk['detail']}")
 
 st.subheader("Table 1 row")
 e_sel = st.select_slider("ε", eps, value=eps[len(eps) // 2], key=f"rb_eps_row_{dataset}")
@@ -190,9 +191,14 @@ x_adv = pc.attack(v_attack, src, x.to(dev), y.to(dev), v_eps, steps=int(steps), 
 with torch.no_grad():
     clean_ml, adv_ml = ens.member_logits(x.to(dev)).cpu(), ens.member_logits(x_adv.to(dev)).cpu()
 names = test.classes
+
+
+def _said(ml):  # each member's class, then the ensemble's vote
+    return [names[int(k)] for k in ml.argmax(-1)[:, 0]] + [names[int(pc.Ensemble.vote(ml)[0])]]
+
+
 pred = pd.DataFrame({"model": [f"member {i + 1}" for i in range(len(ens.members))] + ["ensemble vote"],
-                     "clean": [names[int(k)] for k in clean_ml.argmax(-1)[:, 0]] + [names[int(pc.Ensemble.vote(clean_ml)[0])]],
-                     "adversarial": [names[int(k)] for k in adv_ml.argmax(-1)[:, 0]] + [names[int(pc.Ensemble.vote(adv_ml)[0])]]})
+                     "clean": _said(clean_ml), "adversarial": _said(adv_ml)})
 c = st.columns([3, 2])
 with c[0]:
     if test.is_image:

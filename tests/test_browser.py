@@ -4,7 +4,7 @@ appear, and see a gradient figure, a CKA heatmap and a robustness curve render.
 Waits only on Streamlit's own signals (tests/browser_helpers.py)."""
 import json
 
-from browser_helpers import act, click_sidebar_link, goto_page, wait_for_app
+from browser_helpers import act, click_sidebar_link, goto_page
 
 PAGES = {"Home": "PARL Lab", "Train": "Train an ensemble", "Gradients": "Gradients",
          "Diversity": "Diversity: layer-wise CKA", "Robustness": "Robustness under attack",
