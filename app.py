@@ -32,6 +32,11 @@ current = st.navigation(pages)
 wanted = st.query_params.get("page")
 if wanted and not st.session_state.get("_page_from_url"):
     st.session_state["_page_from_url"] = True
+    # switch_page drops the query parameters: keep what they asked for in session state
+    if st.query_params.get("checkpoint"):
+        st.session_state["checkpoint"] = st.query_params["checkpoint"]
+    if st.query_params.get("example", "").isdigit():
+        st.session_state["example"] = int(st.query_params["example"])
     for p in pages:
         if wanted.lower() in (p.url_path.lower(), p.title.lower()) and p.url_path != current.url_path:
             st.switch_page(p)

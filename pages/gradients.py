@@ -58,7 +58,8 @@ if len(set(names)) < len(names):
 # ------------------------------------------------------------------- the example
 n_test = len(test)
 if "example" not in st.session_state:
-    st.session_state["example"] = min(max(0, state.query_int("example", 0)), n_test - 1)
+    st.session_state["example"] = state.query_int("example", 0)
+st.session_state["example"] = min(max(0, int(st.session_state["example"])), n_test - 1)
 
 
 def set_example(i: int) -> None:

@@ -55,3 +55,9 @@ def test_empty_folder_says_what_to_do(tmp_path, monkeypatch):
     for page in ("pages/gradients.py", "pages/diversity.py", "pages/robustness.py", "pages/checkpoints.py"):
         at.switch_page(page)
         rerun(at)
+
+
+def test_page_checkpoint_and_example_from_the_url(app_env):
+    at = open_page(query={"page": "gradients", "checkpoint": "digits_ens_u", "example": "4"})
+    assert at.title[0].value == "Gradients"
+    assert any(m.value.startswith("**Test example #4**") and "ENS_U M1" in m.value for m in at.markdown)
