@@ -4,11 +4,12 @@ Navigation over the pages in pages/, and the sidebar every page shares. Pages ar
 they read widgets, call parl_core through the caches in dashboard/, and show figures
 built by parl_core.plots.
 """
+import logging
 from pathlib import Path
 
 import streamlit as st
 
-from dashboard import config, sidebar, state
+from dashboard import config, sidebar, state, ui
 
 st.set_page_config(page_title="PARL Lab", page_icon=":material/hub:", layout="wide")
 config.configure_torch()
@@ -44,4 +45,12 @@ if wanted and not st.session_state.get("_page_from_url"):
 st.session_state["_app_seen"] = True
 state.keep_widget_state()
 sidebar.render()
-current.run()
+try:
+    current.run()
+except Exception as e:  # a visitor gets what to do, never a traceback (it goes to the log)
+    if config.debug():
+        raise
+    logging.getLogger("parl_lab").exception("page %s failed", current.url_path)
+    ui.show_error("This view failed", f"{type(e).__name__}: {e}",
+                  "Reload the page. If it fails again, check the active checkpoint on the "
+                  "Checkpoints page, or choose another one in the sidebar.")

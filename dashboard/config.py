@@ -5,6 +5,8 @@ PARL_READONLY     1/true: classroom mode, no uploads, renames, deletes (training
                   allowed, up to PARL_MAX_JOBS at once; PARL_NO_TRAIN=1 turns it off too).
 PARL_MAX_JOBS     training jobs running at once on this server (default 2).
 PARL_MAX_UPLOAD_MB largest checkpoint accepted by the upload form (default 50).
+PARL_TORCH_THREADS intra-op threads of the server (default 1 on CPU, see configure_torch).
+PARL_DEBUG        1: unexpected exceptions propagate (tests) instead of an st.error.
 """
 from __future__ import annotations
 
@@ -24,6 +26,11 @@ def checkpoint_dir() -> Path:
     d = Path(os.environ.get("PARL_CHECKPOINTS") or REPO / "checkpoints").resolve()
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def debug() -> bool:
+    """PARL_DEBUG=1: let unexpected exceptions through (tests, development)."""
+    return _flag("PARL_DEBUG")
 
 
 def readonly() -> bool:

@@ -36,6 +36,7 @@ def start_app(checkpoint_dir: Path, *, env: dict | None = None, timeout: float =
     """Start `streamlit run app.py` on a free port; returns (process, url) once healthy."""
     port = _free_port()
     full_env = {**os.environ, "PARL_CHECKPOINTS": str(checkpoint_dir), "PARL_READONLY": "0",
+                "PARL_DEBUG": "1",
                 "PYTHONUNBUFFERED": "1", **(env or {})}
     log = open(checkpoint_dir.parent / f"streamlit-{port}.log", "wb")
     proc = subprocess.Popen(
@@ -128,6 +129,7 @@ def shared_checkpoints(tmp_path_factory) -> Path:
 def app_env(shared_checkpoints, monkeypatch):
     """Point the app at the shared read-only copy (classroom mode off)."""
     monkeypatch.setenv("PARL_CHECKPOINTS", str(shared_checkpoints))
+    monkeypatch.setenv("PARL_DEBUG", "1")  # an unexpected exception fails the test
     monkeypatch.delenv("PARL_READONLY", raising=False)
     return shared_checkpoints
 
@@ -137,6 +139,7 @@ def private_checkpoints(tmp_path, monkeypatch) -> Path:
     """A private writable copy for AppTests that add, rename or delete checkpoints."""
     d = copy_checkpoints(tmp_path / "checkpoints")
     monkeypatch.setenv("PARL_CHECKPOINTS", str(d))
+    monkeypatch.setenv("PARL_DEBUG", "1")
     monkeypatch.delenv("PARL_READONLY", raising=False)
     return d
 

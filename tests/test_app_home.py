@@ -61,3 +61,14 @@ def test_page_checkpoint_and_example_from_the_url(app_env):
     at = open_page(query={"page": "gradients", "checkpoint": "digits_ens_u", "example": "4"})
     assert at.title[0].value == "Gradients"
     assert any(m.value.startswith("**Test example #4**") and "ENS_U M1" in m.value for m in at.markdown)
+
+
+def test_a_failing_view_shows_what_to_do_not_a_traceback(private_checkpoints, monkeypatch):
+    monkeypatch.delenv("PARL_DEBUG")
+    good = (private_checkpoints / "digits_parl.safetensors").read_bytes()
+    # header intact, weights cut: listed everywhere, fails only when a page loads it
+    (private_checkpoints / "digits_parl.safetensors").write_bytes(good[:-64])
+    at = open_page(query={"page": "gradients"})  # through app.py, which catches it
+    assert not at.exception
+    assert any("This view failed" in e.value and "truncated" in e.value and "Reload" in e.value
+               for e in at.error)
