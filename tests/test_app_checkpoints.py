@@ -92,3 +92,11 @@ def test_comparison_table(app_env):
     parl = table.set_index("checkpoint").loc["digits_parl"]
     ens_u = table.set_index("checkpoint").loc["digits_ens_u"]
     assert parl.mean_R < ens_u.mean_R  # PARL's members' gradients are less aligned
+
+
+def test_upload_size_limit(private_checkpoints, monkeypatch):
+    monkeypatch.setenv("PARL_MAX_UPLOAD_MB", "0.01")  # 10 kB: the shipped checkpoints are larger
+    before = _files(private_checkpoints)
+    at = _upload(open_page(PAGE), "big.safetensors", GOOD, "big")
+    assert any("accepts up to" in e.value for e in at.error)
+    assert _files(private_checkpoints) == before
