@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import streamlit as st
 
 import parl_core as pc
 
@@ -26,4 +27,12 @@ def checkpoint_table() -> pd.DataFrame:
                      "epochs": m.get("epochs_done", m.get("epochs")), "seed": m.get("seed"),
                      "created": m.get("created"), "size_kB": round(path.stat().st_size / 1024, 1)})
     return pd.DataFrame(rows)
+
+
+def column_config() -> dict:
+    """Percent for accuracies, three decimals for similarities (st.dataframe's column_config)."""
+    pct, num = st.column_config.NumberColumn, st.column_config.NumberColumn
+    return {"clean_acc": pct("clean acc", format="percent"), "robust_acc": pct("robust acc", format="percent"),
+            "mean_R_per_layer": num("mean R/K", format="%.3f"), "mean_R": num("mean R/K", format="%.3f"),
+            "avg_cka": num("avg CKA", format="%.3f")}
 

@@ -18,7 +18,7 @@ paths = cache.checkpoints()
 df = tables.checkpoint_table()
 if not df.empty:
     ui.show_table(df, "Every checkpoint in the folder; click a column to sort.", key="ck_all",
-                  title="checkpoints", hide_index=True,
+                  title="checkpoints", hide_index=True, column_config=tables.column_config(),
                   prov=ui.provenance(settings={"folder": str(config.checkpoint_dir())}))
 for name, why in cache.broken_checkpoints().items():
     st.warning(f"`{name}` cannot be read and is hidden elsewhere: {why}", icon=":material/broken_image:")
@@ -125,7 +125,7 @@ with tab_compare:
         ui.show_table(table, f"Clean accuracy and mean R/K come from training; average CKA and robust "
                       f"accuracy (PGD at ε = {eps:g}, {'white-box' if ekw['surrogate'] is None else 'from ' + sur}) "
                       "are computed on request. Diverse ensembles: lower R and CKA, higher robust accuracy.",
-                      key="ck_table2", title="comparison", hide_index=True,
+                      key="ck_table2", title="comparison", hide_index=True, column_config=tables.column_config(),
                       prov=ui.provenance([paths[n] for n in chosen], {**ekw, "cka_n": 450, "cka_batch": 128}))
         ui.show_figure(pp.checkpoint_comparison_figure(table), "The same numbers as bars.", key="ck_bars",
                        title="comparison")

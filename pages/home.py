@@ -32,8 +32,7 @@ else:
                   "on held-out test examples; mean R per layer is the average pairwise gradient "
                   "cosine (lower = more diverse; its floor is −1/(M−1)).", key="home_ckpts",
                   title="checkpoints", hide_index=True,
-                  column_config={"clean_acc": st.column_config.NumberColumn("clean acc", format="percent"),
-                                 "mean_R_per_layer": st.column_config.NumberColumn("mean R/K", format="%.3f")},
+                  column_config=tables.column_config(),
                   prov=ui.provenance(settings={"folder": str(config.checkpoint_dir())}))
 
 st.subheader("Where to start")
