@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .ensemble import Ensemble
+from .ensemble import Ensemble, eval_mode
 
 __all__ = ["attack", "attack_restarts", "ATTACKS", "ATTACK_LOSSES", "AttackCancelled",
            "input_loss", "eval_mode"]
@@ -132,18 +132,6 @@ def input_loss(model, x, y, loss: str = "ensemble", *, need_pred: bool = False):
         per = F.cross_entropy(logits, y, reduction="none")
         pred = logits.detach().argmax(-1) if need_pred else None
     return per, pred
-
-
-@contextlib.contextmanager
-def eval_mode(model):
-    """Model (every submodule) in eval mode inside; each module's own mode restored after."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, was in flags:
-            m.training = was
 
 
 # --------------------------------------------------------------------------- the loop

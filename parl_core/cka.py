@@ -28,7 +28,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .gradients import as_members, eval_mode, pair_label
+from .ensemble import eval_mode
+from .gradients import as_members, pair_label
 
 __all__ = ["linear_cka", "unbiased_cka", "minibatch_cka", "layerwise_cka", "ensemble_cka",
            "ESTIMATORS"]

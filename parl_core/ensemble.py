@@ -1,13 +1,29 @@
 """An ensemble of classifiers, as the paper and DESIGN §3 define its outputs."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["Ensemble"]
+__all__ = ["Ensemble", "eval_mode"]
+
+
+@contextlib.contextmanager
+def eval_mode(models):
+    """Every submodule of `models` (a module or a list of modules) in eval mode inside the
+    block; each submodule's own train/eval flag is restored afterwards."""
+    mods = [models] if isinstance(models, nn.Module) else list(models)
+    flags = [(m, m.training) for model in mods for m in model.modules()]
+    for model in mods:
+        model.eval()
+    try:
+        yield models
+    finally:
+        for m, was in flags:
+            m.training = was
 
 
 class Ensemble(nn.Module):

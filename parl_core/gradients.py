@@ -13,14 +13,13 @@ gradient ∇x Σ_f F^k_f(x) instead (parl_core.layergrad, statistics held consta
 """
 from __future__ import annotations
 
-import contextlib
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .ensemble import Ensemble
+from .ensemble import Ensemble, eval_mode
 from .layergrad import check_layers, layer_gradients, num_layers
 
 __all__ = ["input_gradients", "gradient_cosines", "cosine_to_angle", "cosine_distribution",
@@ -45,20 +44,6 @@ def as_members(models) -> list[nn.Module]:
         raise ValueError(f"models must be a non-empty list of nn.Module; got {len(members)} "
                          f"items, items {bad} are not modules")
     return members
-
-
-@contextlib.contextmanager
-def eval_mode(models):
-    """Put every model in eval mode; restore each one's own mode afterwards."""
-    modes = [[(m, m.training) for m in model.modules()] for model in models]
-    for model in models:
-        model.eval()
-    try:
-        yield models
-    finally:
-        for saved in modes:
-            for m, was in saved:
-                m.training = was
 
 
 def _device(model) -> torch.device:

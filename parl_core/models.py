@@ -120,7 +120,7 @@ class _Normalized(nn.Module):
         return len(self.layer_modules())
 
     def forward(self, x, return_features: bool = False):
-        logits, feats, _ = self.forward_trace(x)
+        logits, feats, _ = self.forward_trace(x, trace=False)
         return (logits, feats) if return_features else logits
 
 
@@ -137,13 +137,13 @@ class _Block(nn.Module):
             self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, 0, bias=False),
                                        BatchNorm2d(cout))
 
-    def forward(self, h, feats):
+    def forward(self, h, feats, trace: bool):
         fa = self.conv_a(h)
         u = F.relu(self.bn_a(fa))
         fb = self.conv_b(u)
         o = self.bn_b(fb) + (h if self.short is None else self.short(h))
         feats += [fa, fb]
-        return F.relu(o), (u > 0, o > 0)
+        return F.relu(o), ((u > 0, o > 0) if trace else None)
 
     def back_a(self, gu, mu, fa, h_hw):
         """Cotangent at u = relu(bn_a(fa)) -> cotangent at the block input. gu: (S, N, ...)."""
@@ -179,17 +179,22 @@ class ResNet20(_Normalized):
     def layer_modules(self):
         return [self.conv1] + [c for b in self.blocks for c in (b.conv_a, b.conv_b)]
 
-    def forward_trace(self, x):
+    def forward_trace(self, x, trace: bool = True):
+        """(logits, feats, trace); the trace (inputs and ReLU masks that
+        `layer_input_grads` needs) is only recorded when `trace` is true."""
         f1 = self.conv1((x - self.mean) / self.std)
         pre = self.bn1(f1)
         h = F.relu(pre)
-        feats, trace = [f1], {"x": x, "ins": [], "masks": [pre > 0]}
+        feats = [f1]
+        rec = {"x": x, "ins": [], "masks": [pre > 0]} if trace else None
         for b in self.blocks:
-            trace["ins"].append(h)
-            h, masks = b(h, feats)
-            trace["masks"].append(masks)
+            if trace:
+                rec["ins"].append(h)
+            h, masks = b(h, feats, trace)
+            if trace:
+                rec["masks"].append(masks)
         logits = self.fc(h.mean((2, 3)))
-        return logits, feats, trace
+        return logits, feats, rec
 
     def layer_input_grads(self, feats, trace, k: int) -> torch.Tensor:
         """(k, N, C, H, W): g_1..g_k, from the trace of one forward (see module doc)."""
@@ -269,7 +274,7 @@ class SmallCNN(_Normalized):
     def layer_modules(self):
         return list(self.convs)
 
-    def forward_trace(self, x):
+    def forward_trace(self, x, trace: bool = True):
         h = (x - self.mean) / self.std
         feats, ins, masks = [], [], []
         for conv, bn in zip(self.convs, self.bns):
@@ -278,8 +283,10 @@ class SmallCNN(_Normalized):
             pre = bn(f)
             h = F.relu(pre)
             feats.append(f)
-            masks.append(pre > 0)
-        return self.fc(h.mean((2, 3))), feats, {"x": x, "ins": ins, "masks": masks}
+            if trace:
+                masks.append(pre > 0)
+        rec = {"x": x, "ins": ins, "masks": masks} if trace else None
+        return self.fc(h.mean((2, 3))), feats, rec
 
     def layer_input_grads(self, feats, trace, k: int) -> torch.Tensor:
         n = trace["x"].shape[0]
@@ -315,15 +322,16 @@ class MLP(_Normalized):
     def layer_modules(self):
         return list(self.linears)
 
-    def forward_trace(self, x):
+    def forward_trace(self, x, trace: bool = True):
         h = (x - self.mean) / self.std
         feats, masks = [], []
         for lin in self.linears:
             f = lin(h)
             h = F.relu(f)
             feats.append(f)
-            masks.append(f > 0)
-        return self.fc(h), feats, {"x": x, "masks": masks}
+            if trace:
+                masks.append(f > 0)
+        return self.fc(h), feats, ({"x": x, "masks": masks} if trace else None)
 
     def layer_input_grads(self, feats, trace, k: int) -> torch.Tensor:
         n = trace["x"].shape[0]

@@ -30,7 +30,7 @@ from contextlib import nullcontext
 import torch
 
 from .data import Dataset, augment_batch
-from .ensemble import Ensemble
+from .ensemble import Ensemble, eval_mode
 from .layergrad import layer_gradients, num_layers
 from .losses import make_method, pairwise_cosines
 
@@ -79,16 +79,14 @@ def _lr_at(schedule, lr, epoch, epochs):
 def evaluate_accuracy(ens: Ensemble, ds: Dataset, *, batch_size: int = 500, device=None):
     """Clean accuracy: (ensemble majority-vote accuracy, [member accuracies]), in eval mode."""
     device = device or next(ens.parameters()).device
-    was = ens.training
-    ens.eval()
     correct_e, correct_m = 0, torch.zeros(len(ens.members))
-    for i in range(0, len(ds), batch_size):
-        x = ds.images[i:i + batch_size].to(device)
-        y = ds.labels[i:i + batch_size].to(device)
-        ml = ens.member_logits(x)
-        correct_e += (Ensemble.vote(ml) == y).sum().item()
-        correct_m += (ml.argmax(-1) == y).sum(1).float().cpu()
-    ens.train(was)
+    with eval_mode(ens):
+        for i in range(0, len(ds), batch_size):
+            x = ds.images[i:i + batch_size].to(device)
+            y = ds.labels[i:i + batch_size].to(device)
+            ml = ens.member_logits(x)
+            correct_e += (Ensemble.vote(ml) == y).sum().item()
+            correct_m += (ml.argmax(-1) == y).sum(1).float().cpu()
     n = max(1, len(ds))
     return correct_e / n, (correct_m / n).tolist()
 
@@ -101,10 +99,8 @@ def mean_pairwise_r(ens: Ensemble, x: torch.Tensor, k: int | None = None):
     """
     L = min(num_layers(m) for m in ens.members)
     k = min(7, L) if k is None else k
-    was = ens.training
-    ens.eval()
-    grads = torch.stack([layer_gradients(m, x, k) for m in ens.members])  # (M, K, N, ...)
-    ens.train(was)
+    with eval_mode(ens):
+        grads = torch.stack([layer_gradients(m, x, k) for m in ens.members])  # (M, K, N, ...)
     r = pairwise_cosines(grads).mean((2, 3)).cpu()  # (M, M)
     m = len(ens.members)
     iu = torch.triu_indices(m, m, 1)
