@@ -23,132 +23,139 @@ if not df.empty:
 for name, why in cache.broken_checkpoints().items():
     st.warning(f"`{name}` cannot be read and is hidden elsewhere: {why}", icon=":material/broken_image:")
 
-tab_detail, tab_compare, tab_upload = st.tabs(["Details", "Compare (Table 2)", "Upload"])
+tab_detail, tab_compare, tab_upload = st.tabs(["Details", "Compare (Table 2)", "Upload"], key="ck_tab",
+                                              on_change="rerun")
 
 # ------------------------------------------------------------------- one checkpoint
 with tab_detail:
-    if not paths:
-        st.info("No checkpoints yet: train one on the Train page or upload one.")
-    else:
-        names = list(paths)
-        cur = state.active_checkpoint()
-        sel = st.selectbox("Checkpoint", names, index=names.index(cur), format_func=state.label, key="ck_sel")
-        path, meta = paths[sel], cache.metadata(paths[sel])
-        c = st.columns(4)
-        c[0].metric("Clean accuracy", f"{meta['clean_acc']:.1%}" if meta.get("clean_acc") is not None else "—")
-        c[1].metric("Mean R/K", f"{meta['r_mean']:+.3f}" if meta.get("r_mean") is not None else "—")
-        c[2].metric("Members", meta.get("members"))
-        c[3].metric("Epochs", meta.get("epochs_done", meta.get("epochs")))
-        if meta.get("history"):
-            ui.show_figure(pp.history_figure(meta["history"]), "How training went, epoch by epoch: loss "
-                           "terms, test accuracy of each member and of the vote, and the mean pairwise "
-                           "gradient cosine R/K (lower = more diverse).", key="ck_hist",
-                           prov=ui.provenance([path], {k: meta.get(k) for k in ("method", "params", "seed",
-                                                                               "epochs", "batch_size", "lr")},
-                                              command=meta.get("command")), title=f"history_{sel}")
-        with st.expander("Metadata"):
-            st.json({k: v for k, v in meta.items() if k != "history"}, expanded=False)
-        c = st.columns(4)
-        c[0].download_button("Download", data=lambda p=path: p.read_bytes(), file_name=path.name,
-                             mime="application/octet-stream", on_click="ignore", icon=":material/download:",
-                             key="ck_dl")
-        if c[1].button("Make active", key="ck_act", disabled=sel == cur):
-            state.set_checkpoint(sel)
-            st.rerun()
-        with c[2].popover("Rename", disabled=ro, icon=":material/edit:"):
-            new = st.text_input("New name", key="ck_new_name")
-            if st.button("Rename", key="ck_rename_go", disabled=not new.strip()):
-                try:
-                    moved = uploads.rename(path, new)
-                    if sel == cur:
-                        state.set_checkpoint(moved.stem)
-                    st.rerun()
-                except (ValueError, OSError) as e:
-                    ui.show_error("Could not rename", e, "Choose another name (letters, digits, - _ .).")
-        with c[3].popover("Delete", disabled=ro, icon=":material/delete:"):
-            st.markdown(f"Delete **{sel}** for good? This cannot be undone.")
-            sure = st.checkbox(f"Yes, delete {sel}", key="ck_sure")
-            if st.button("Delete", type="primary", key="ck_delete_go", disabled=not sure):
-                try:
-                    uploads.delete(path)
-                    st.session_state.pop("checkpoint", None)
-                    st.rerun()
-                except (ValueError, OSError) as e:
-                    ui.show_error("Could not delete", e, "Reload the page and try again.")
-        if ro:
-            st.caption("Classroom (read-only) mode: renaming and deleting are off.")
+    if tab_detail.open:  # only the chosen tab is computed
+        if not paths:
+            st.info("No checkpoints yet: train one on the Train page or upload one.")
+        else:
+            names = list(paths)
+            cur = state.active_checkpoint()
+            sel = st.selectbox("Checkpoint", names, index=names.index(cur), format_func=state.label, key="ck_sel")
+            path, meta = paths[sel], cache.metadata(paths[sel])
+            c = st.columns(4)
+            acc = meta.get("clean_acc")
+            c[0].metric("Clean accuracy", f"{acc:.1%}" if acc is not None else "—")
+            c[1].metric("Mean R/K", f"{meta['r_mean']:+.3f}" if meta.get("r_mean") is not None else "—")
+            c[2].metric("Members", meta.get("members"))
+            c[3].metric("Epochs", meta.get("epochs_done", meta.get("epochs")))
+            if meta.get("history"):
+                ui.show_figure(pp.history_figure(meta["history"]), "How training went, epoch by epoch: loss "
+                               "terms, test accuracy of each member and of the vote, and the mean pairwise "
+                               "gradient cosine R/K (lower = more diverse).", key="ck_hist",
+                               prov=ui.provenance([path], {k: meta.get(k) for k in ("method", "params", "seed",
+                                                                                   "epochs", "batch_size", "lr")},
+                                                  command=meta.get("command")), title=f"history_{sel}")
+            with st.expander("Metadata"):
+                st.json({k: v for k, v in meta.items() if k != "history"}, expanded=False)
+            c = st.columns(4)
+            c[0].download_button("Download", data=lambda p=path: p.read_bytes(), file_name=path.name,
+                                 mime="application/octet-stream", on_click="ignore", icon=":material/download:",
+                                 key="ck_dl")
+            if c[1].button("Make active", key="ck_act", disabled=sel == cur):
+                state.set_checkpoint(sel)
+                st.rerun()
+            with c[2].popover("Rename", disabled=ro, icon=":material/edit:"):
+                new = st.text_input("New name", key="ck_new_name")
+                if st.button("Rename", key="ck_rename_go", disabled=not new.strip()):
+                    try:
+                        moved = uploads.rename(path, new)
+                        if sel == cur:
+                            state.set_checkpoint(moved.stem)
+                        st.rerun()
+                    except (ValueError, OSError) as e:
+                        ui.show_error("Could not rename", e, "Choose another name (letters, digits, - _ .).")
+            with c[3].popover("Delete", disabled=ro, icon=":material/delete:"):
+                st.markdown(f"Delete **{sel}** for good? This cannot be undone.")
+                sure = st.checkbox(f"Yes, delete {sel}", key="ck_sure")
+                if st.button("Delete", type="primary", key="ck_delete_go", disabled=not sure):
+                    try:
+                        uploads.delete(path)
+                        st.session_state.pop("checkpoint", None)
+                        st.rerun()
+                    except (ValueError, OSError) as e:
+                        ui.show_error("Could not delete", e, "Reload the page and try again.")
+            if ro:
+                st.caption("Classroom (read-only) mode: renaming and deleting are off.")
 
 # ------------------------------------------------------------------- comparison
 with tab_compare:
-    names = list(paths)
-    first = [n for n in state.PREFERRED[::-1] if n in names]  # ENS_U, PARL, then the rest
-    state.default(f"{K}ck_cmp", (first + [n for n in names if n not in first and "surrogate" not in n])[:5])
-    st.session_state[f"{K}ck_cmp"] = [n for n in st.session_state[f"{K}ck_cmp"] if n in names]
-    chosen = st.multiselect("Checkpoints to compare", names, key=f"{K}ck_cmp")
-    if chosen:
-        datasets = {cache.metadata(paths[n])["dataset"] for n in chosen}
-        ds = next(iter(datasets))
-        grid = pc.default_eps_grid(ds)
-        c = st.columns(3)
-        eps = c[0].select_slider("ε for robust accuracy", grid, value=grid[len(grid) // 2], key="ck_eps")
-        sur_opts = ["(white-box)"] + [n for n in names if cache.metadata(paths[n])["dataset"] == ds]
-        sur = c[1].selectbox("Attack crafted on", sur_opts, key="ck_sur",
-                             index=next((i for i, n in enumerate(sur_opts) if "surrogate" in n), 0))
-        c[2].caption("PGD, 10 steps, 200 test examples; CKA: 450 examples, minibatch 128.")
-        ekw = dict(n_examples=200, seed=0, attacks=["pgd"], eps=[eps], steps=10, restarts=1,
-                   surrogate=None if sur.startswith("(") else str(paths[sur]))
-        cka_key = {n: ("cka", compute.ref(paths[n]), ds, 450, 128, "minibatch") for n in chosen}
-        rows, todo = [], []
-        for n in chosen:
-            m = cache.metadata(paths[n])
-            ev = pc.cached_evaluation(str(paths[n]), **ekw) if hasattr(pc, "cached_evaluation") else None
-            ck = compute.stored(cka_key[n])
-            if ev is None or ck is None:
-                todo.append(n)
-            rob = ev.table[ev.table.attack == "pgd"].acc.iloc[0] if ev is not None else None
-            rows.append({"checkpoint": n, "method": pc.method_label(m["method"]),
-                         "K": (m.get("params") or {}).get("layers"), "clean_acc": m.get("clean_acc"),
-                         "mean_R": m.get("r_mean"), "avg_cka": ck["overall"] if ck else None,
-                         "robust_acc": rob})
-        if len(datasets) > 1:
-            st.warning("These checkpoints are for different datasets; compare within one dataset.")
-        elif todo and st.button(f"Compute CKA and robust accuracy for {len(todo)} checkpoint(s)",
-                                key="ck_cmp_go", icon=":material/calculate:"):
-            bar = st.progress(0.0)
-            for i, n in enumerate(todo):
-                bar.progress(i / len(todo), f"{n}…")
-                if compute.stored(cka_key[n]) is None:
-                    compute.store(cka_key[n], compute.ensemble_cka(cka_key[n][1], ds, 450, 128, "minibatch"))
-                pc.evaluate_checkpoint(str(paths[n]), **ekw)
-            st.rerun()
-        table = pd.DataFrame(rows)
-        ui.show_table(table, f"Clean accuracy and mean R/K come from training; average CKA and robust "
-                      f"accuracy (PGD at ε = {eps:g}, {'white-box' if ekw['surrogate'] is None else 'from ' + sur}) "
-                      "are computed on request. Diverse ensembles: lower R and CKA, higher robust accuracy.",
-                      key="ck_table2", title="comparison", hide_index=True, column_config=tables.column_config(),
-                      prov=ui.provenance([paths[n] for n in chosen], {**ekw, "cka_n": 450, "cka_batch": 128}))
-        ui.show_figure(pp.checkpoint_comparison_figure(table), "The same numbers as bars.", key="ck_bars",
-                       title="comparison")
-        hist = {n: cache.metadata(paths[n]).get("history") or [] for n in chosen}
-        ui.show_figure(pp.compare_histories_figure(hist, "test_acc"), "Test accuracy while training.",
-                       key="ck_hist_acc", title="history_test_acc")
+    if tab_compare.open:  # only the chosen tab is computed
+        names = list(paths)
+        first = [n for n in state.PREFERRED[::-1] if n in names]  # ENS_U, PARL, then the rest
+        state.default(f"{K}ck_cmp", (first + [n for n in names if n not in first and "surrogate" not in n])[:5])
+        st.session_state[f"{K}ck_cmp"] = [n for n in st.session_state[f"{K}ck_cmp"] if n in names]
+        chosen = st.multiselect("Checkpoints to compare", names, key=f"{K}ck_cmp")
+        if chosen:
+            datasets = {cache.metadata(paths[n])["dataset"] for n in chosen}
+            ds = next(iter(datasets))
+            grid = pc.default_eps_grid(ds)
+            c = st.columns(3)
+            eps = c[0].select_slider("ε for robust accuracy", grid, value=grid[len(grid) // 2], key="ck_eps")
+            sur_opts = ["(white-box)"] + [n for n in names if cache.metadata(paths[n])["dataset"] == ds]
+            sur = c[1].selectbox("Attack crafted on", sur_opts, key="ck_sur",
+                                 index=next((i for i, n in enumerate(sur_opts) if "surrogate" in n), 0))
+            c[2].caption("PGD, 10 steps, 200 test examples; CKA: 450 examples, minibatch 128.")
+            ekw = dict(n_examples=200, seed=0, attacks=["pgd"], eps=[eps], steps=10, restarts=1,
+                       surrogate=None if sur.startswith("(") else str(paths[sur]))
+            cka_key = {n: ("cka", compute.ref(paths[n]), ds, 450, 128, "minibatch") for n in chosen}
+            rows, todo = [], []
+            for n in chosen:
+                m = cache.metadata(paths[n])
+                ev = pc.cached_evaluation(str(paths[n]), **ekw) if hasattr(pc, "cached_evaluation") else None
+                ck = compute.stored(cka_key[n])
+                if ev is None or ck is None:
+                    todo.append(n)
+                rob = ev.table[ev.table.attack == "pgd"].acc.iloc[0] if ev is not None else None
+                rows.append({"checkpoint": n, "method": pc.method_label(m["method"]),
+                             "K": (m.get("params") or {}).get("layers"), "clean_acc": m.get("clean_acc"),
+                             "mean_R": m.get("r_mean"), "avg_cka": ck["overall"] if ck else None,
+                             "robust_acc": rob})
+            if len(datasets) > 1:
+                st.warning("These checkpoints are for different datasets; compare within one dataset.")
+            elif todo and st.button(f"Compute CKA and robust accuracy for {len(todo)} checkpoint(s)",
+                                    key="ck_cmp_go", icon=":material/calculate:"):
+                bar = st.progress(0.0)
+                for i, n in enumerate(todo):
+                    bar.progress(i / len(todo), f"{n}…")
+                    if compute.stored(cka_key[n]) is None:
+                        compute.store(cka_key[n], compute.ensemble_cka(cka_key[n][1], ds, 450, 128, "minibatch"))
+                    pc.evaluate_checkpoint(str(paths[n]), **ekw)
+                st.rerun()
+            table = pd.DataFrame(rows)
+            ui.show_table(table, f"Clean accuracy and mean R/K come from training; average CKA and robust "
+                          f"accuracy (PGD at ε = {eps:g}, "
+                          f"{'white-box' if ekw['surrogate'] is None else 'from ' + sur}) "
+                          "are computed on request. Diverse ensembles: lower R and CKA, higher robust accuracy.",
+                          key="ck_table2", title="comparison", hide_index=True,
+                          column_config=tables.column_config(),
+                          prov=ui.provenance([paths[n] for n in chosen], {**ekw, "cka_n": 450, "cka_batch": 128}))
+            ui.show_figure(pp.checkpoint_comparison_figure(table), "The same numbers as bars.", key="ck_bars",
+                           title="comparison")
+            hist = {n: cache.metadata(paths[n]).get("history") or [] for n in chosen}
+            ui.show_figure(pp.compare_histories_figure(hist, "test_acc"), "Test accuracy while training.",
+                           key="ck_hist_acc", title="history_test_acc")
 
 # ------------------------------------------------------------------- upload
 with tab_upload:
-    if ro:
-        st.info("Classroom (read-only) mode: uploads are off.", icon=":material/lock:")
-    else:
-        st.caption(f"A `.safetensors` checkpoint written by PARL Lab (at most "
-                   f"{config.max_upload_bytes() / 2**20:.0f} MB). Pickles are refused: they can run code.")
-        up = st.file_uploader("Checkpoint file", type=["safetensors"], key="ck_upload")
-        name = st.text_input("Save as", value=up.name.rsplit(".", 1)[0] if up else "", key="ck_up_name")
-        overwrite = st.checkbox("overwrite if it exists", key="ck_up_over")
-        if st.button("Add checkpoint", disabled=up is None, key="ck_up_go", icon=":material/upload:"):
-            try:
-                saved = uploads.save_upload(up.getvalue(), name or up.name, overwrite=overwrite)
-                st.success(f"Added `{saved.name}`.")
-            except FileExistsError as e:
-                ui.show_error("Not added", e, "Choose another name or tick *overwrite if it exists*.")
-            except (CheckpointError, ValueError, PermissionError) as e:
-                ui.show_error("This file was refused", e, "Upload a checkpoint written by PARL Lab "
-                              "(`python -m parl_core train` or the Train page).")
+    if tab_upload.open:  # only the chosen tab is computed
+        if ro:
+            st.info("Classroom (read-only) mode: uploads are off.", icon=":material/lock:")
+        else:
+            st.caption(f"A `.safetensors` checkpoint written by PARL Lab (at most "
+                       f"{config.max_upload_bytes() / 2**20:.0f} MB). Pickles are refused: they can run code.")
+            up = st.file_uploader("Checkpoint file", type=["safetensors"], key="ck_upload")
+            name = st.text_input("Save as", value=up.name.rsplit(".", 1)[0] if up else "", key="ck_up_name")
+            overwrite = st.checkbox("overwrite if it exists", key="ck_up_over")
+            if st.button("Add checkpoint", disabled=up is None, key="ck_up_go", icon=":material/upload:"):
+                try:
+                    saved = uploads.save_upload(up.getvalue(), name or up.name, overwrite=overwrite)
+                    st.success(f"Added `{saved.name}`.")
+                except FileExistsError as e:
+                    ui.show_error("Not added", e, "Choose another name or tick *overwrite if it exists*.")
+                except (CheckpointError, ValueError, PermissionError) as e:
+                    ui.show_error("This file was refused", e, "Upload a checkpoint written by PARL Lab "
+                                  "(`python -m parl_core train` or the Train page).")

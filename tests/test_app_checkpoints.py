@@ -11,7 +11,14 @@ PAGE = "pages/checkpoints.py"
 GOOD = (REPO / "checkpoints" / "digits_parl.safetensors").read_bytes()
 
 
+def _tab(at, name):
+    """Open a tab of the page (only the open tab is computed)."""
+    at.session_state["ck_tab"] = name
+    return rerun(at)
+
+
 def _upload(at, filename, data, name=None):
+    _tab(at, "Upload")
     at.file_uploader(key="ck_upload").set_value((filename, data, "application/octet-stream"))
     rerun(at)
     if name is not None:
@@ -74,7 +81,7 @@ def test_rename_and_delete_with_confirmation(private_checkpoints):
 
 def test_classroom_mode_turns_changes_off(private_checkpoints, monkeypatch):
     monkeypatch.setenv("PARL_READONLY", "1")
-    at = open_page(PAGE)
+    at = _tab(open_page(PAGE), "Upload")
     assert not any(f.key == "ck_upload" for f in at.get("file_uploader"))
     assert any("uploads are off" in i.value for i in at.info)
     from dashboard import uploads
@@ -84,7 +91,7 @@ def test_classroom_mode_turns_changes_off(private_checkpoints, monkeypatch):
 
 
 def test_comparison_table(app_env):
-    at = open_page(PAGE)
+    at = _tab(open_page(PAGE), "Compare (Table 2)")
     assert at.multiselect(key="k_ck_cmp").value[:2] == ["digits_ens_u", "digits_parl"]
     assert "digits_surrogate" not in at.multiselect(key="k_ck_cmp").value
     table = at.dataframe[1].value

@@ -97,3 +97,11 @@ def test_settings_survive_a_visit_to_another_page(app_url, page):
     assert page.get_by_role("radio", name="full").is_checked()
     assert page.locator('[data-testid="stAlert"]:has-text("Session State")').count() == 0
     _no_exception(page)
+
+
+def test_checkpoint_tabs_compute_on_opening(app_url, page):
+    goto_page(page, app_url, "checkpoints?checkpoint=digits_parl")
+    act(page, page.get_by_role("tab", name="Compare (Table 2)").click,
+        page.get_by_text("Clean accuracy and mean R/K come from training"))
+    act(page, page.get_by_role("tab", name="Upload").click, page.get_by_text("Pickles are refused"))
+    _no_exception(page)
