@@ -166,6 +166,8 @@ def show_job(job: jobs.Job, polling: bool) -> None:
         st.caption("Per epoch: loss terms; test accuracy of each member and of the ensemble's vote; "
                    "mean pairwise gradient cosine R/K (lower = more diverse).")
     if polling and not job.active:  # just finished: rerun the app, which makes it active
+        if snap["saved_path"] is not None:  # here: the app rerun below does not update the URL
+            st.query_params["checkpoint"] = snap["saved_path"].stem
         st.rerun(scope="app")
 
 

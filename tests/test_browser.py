@@ -55,6 +55,7 @@ def test_train_a_tiny_parl_ensemble(app_url, page):
     # the new checkpoint is active in the sidebar and listed on Home
     active = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"] input')
     assert active.input_value().startswith("browser_parl")
+    assert "checkpoint=browser_parl" in page.evaluate("() => location.search")  # shareable
     click_sidebar_link(page, "Home", page.get_by_text("browser_parl"))
 
 
