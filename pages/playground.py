@@ -16,6 +16,7 @@ if str(ROOT) not in sys.path:  # standalone `streamlit run pages/playground.py`
 import streamlit as st  # noqa: E402
 
 import parl_core as pc  # noqa: E402
+from dashboard.state import through_app  # noqa: E402
 from parl_core.playground import (ATTACKS_2D, MAX_EPOCHS, PlaygroundConfig,  # noqa: E402
                                   PlaygroundSession, playground_methods)
 from parl_core.plots.playground import (alignment_figure, layer_cosine_figure,  # noqa: E402
@@ -33,6 +34,7 @@ URL = {"ds": ("dataset", str), "n": ("n_samples", int), "noise": ("noise", float
        "pt": ("point", int)}
 ATTACK_DEFAULTS = {"attack": "pgd", "eps": 0.3, "src": 0, "point": 0}
 S = st.session_state
+through_app()  # a shared /playground link on a fresh server still gets app.py's sidebar
 
 
 # --------------------------------------------------------------------------- URL <-> state
