@@ -36,10 +36,16 @@ else:
                   prov=ui.provenance(settings={"folder": str(config.checkpoint_dir())}))
 
 st.subheader("Where to start")
-c = st.columns(3)
-c[0].page_link("pages/train.py", label="Train an ensemble (≈10 s on digits)", icon=":material/model_training:")
-c[1].page_link("pages/gradients.py", label="Compare gradients (Figure 1)", icon=":material/gradient:")
-c[2].page_link("pages/robustness.py", label="Attack it (Figures 3–5)", icon=":material/shield:")
-c = st.columns(3)
-c[0].page_link("pages/diversity.py", label="Layer-wise CKA (Figure 2)", icon=":material/grid_on:")
-c[1].page_link("pages/checkpoints.py", label="Manage and compare checkpoints", icon=":material/inventory_2:")
+LINKS = [("pages/train.py", "Train an ensemble (≈10 s on digits)", ":material/model_training:"),
+         ("pages/gradients.py", "Compare gradients (Figure 1)", ":material/gradient:"),
+         ("pages/robustness.py", "Attack it (Figures 3–5)", ":material/shield:"),
+         ("pages/diversity.py", "Layer-wise CKA (Figure 2)", ":material/grid_on:"),
+         ("pages/checkpoints.py", "Manage and compare checkpoints", ":material/inventory_2:")]
+if st.session_state.get("_app_seen"):  # page links exist only inside app.py's navigation
+    for i, (path, label, icon) in enumerate(LINKS):
+        if i % 3 == 0:
+            c = st.columns(3)
+        c[i % 3].page_link(path, label=label, icon=icon)
+else:  # this page run on its own (`streamlit run pages/home.py`)
+    st.markdown("\n".join(f"- {label}" for _, label, _ in LINKS))
+    st.caption("Run `streamlit run app.py` to open these views from here.")
