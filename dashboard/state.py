@@ -45,6 +45,22 @@ def active_path() -> Path | None:
     return cache.checkpoints().get(name) if name else None
 
 
+def active_with_data() -> tuple[Path, str]:
+    """(active checkpoint, its dataset) for a page that needs both; otherwise says what is
+    missing and what to do, and stops the page."""
+    from . import ui
+    active = active_path()
+    if active is None:
+        st.info("No checkpoint yet: train one on the Train page.")
+        st.stop()
+    dataset = cache.metadata(active)["dataset"]
+    if not cache.dataset_available(dataset):
+        ui.show_error(f"The {dataset} test data is not on this server", "Its folder was not found.",
+                      cache.data_hint(dataset))
+        st.stop()
+    return active, dataset
+
+
 def by_method(method: str, dataset: str | None = None) -> str | None:
     """A checkpoint trained with `method` (the shipped one first), for paper-style pairs."""
     names = cache.checkpoints()

@@ -90,10 +90,5 @@ def show_error(what: str, err: BaseException | str, todo: str) -> None:
     st.error(f"**{what}.** {err}\n\n{todo}", icon=":material/error:")
 
 
-def missing_module(feature: str, module: str) -> None:
-    st.info(f"{feature} arrives with `{module}`, which is being built; this view turns on "
-            "by itself once it is installed.", icon=":material/construction:")
-
-
 def meta_json(meta: dict) -> str:
     return json.dumps(meta, indent=1, default=str)

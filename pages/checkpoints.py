@@ -105,7 +105,7 @@ with tab_compare:
             rows, todo = [], []
             for n in chosen:
                 m = cache.metadata(paths[n])
-                ev = pc.cached_evaluation(str(paths[n]), **ekw) if hasattr(pc, "cached_evaluation") else None
+                ev = pc.cached_evaluation(str(paths[n]), **ekw)
                 ck = compute.stored(cka_key[n])
                 if ev is None or ck is None:
                     todo.append(n)

@@ -15,15 +15,7 @@ st.caption("CKA compares what two networks compute at a layer: 1 = the same repr
            "(up to rotation and scale), 0 = unrelated. Members that represent their inputs "
            "differently are less likely to share adversarial weaknesses.")
 
-active = state.active_path()
-if active is None:
-    st.info("No checkpoint yet: train one on the Train page.")
-    st.stop()
-dataset = cache.metadata(active)["dataset"]
-if not cache.dataset_available(dataset):
-    ui.show_error(f"The {dataset} test data is not on this server", "Its folder was not found.",
-                  cache.data_hint(dataset))
-    st.stop()
+active, dataset = state.active_with_data()
 n_test = len(compute.test_set(dataset))
 same = [n for n, p in cache.checkpoints().items() if cache.metadata(p).get("dataset") == dataset]
 

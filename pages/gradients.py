@@ -16,16 +16,8 @@ st.caption("An adversarial example moves the input along the loss gradient. If t
            "gradients point the same way, an attack on one also fools the other; PARL trains "
            "members whose gradients point apart.")
 
-active = state.active_path()
-if active is None:
-    st.info("No checkpoint yet: train one on the Train page.")
-    st.stop()
+active, dataset = state.active_with_data()
 meta = cache.metadata(active)
-dataset = meta["dataset"]
-if not cache.dataset_available(dataset):
-    ui.show_error(f"The {dataset} test data is not on this server", "Its folder was not found.",
-                  cache.data_hint(dataset))
-    st.stop()
 test = compute.test_set(dataset)
 same = {n: p for n, p in cache.checkpoints().items() if cache.metadata(p).get("dataset") == dataset}
 

@@ -18,19 +18,7 @@ st.title("Robustness under attack")
 st.caption("An attack nudges every pixel by at most ε (the L∞ budget) in the direction that "
            "raises the loss. White-box: crafted on the ensemble itself. Black-box: crafted on a "
            "separately trained surrogate and transferred, the paper's main threat model.")
-if not hasattr(pc, "evaluate_checkpoint"):
-    ui.missing_module("Robustness evaluation", "parl_core.evaluate")
-    st.stop()
-
-active = state.active_path()
-if active is None:
-    st.info("No checkpoint yet: train one on the Train page.")
-    st.stop()
-dataset = cache.metadata(active)["dataset"]
-if not cache.dataset_available(dataset):
-    ui.show_error(f"The {dataset} test data is not on this server", "Its folder was not found.",
-                  cache.data_hint(dataset))
-    st.stop()
+active, dataset = state.active_with_data()
 paths = cache.checkpoints()
 same = [n for n, p in paths.items() if cache.metadata(p).get("dataset") == dataset]
 n_test = len(compute.test_set(dataset))
