@@ -164,3 +164,15 @@ def rerun(at):
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+# --------------------------------------------------------------------------- torch
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny batches: one thread is as fast, and immune to the 20-100x slowdown of OpenMP
+    threads spinning on a shared, oversubscribed machine. Restored after the module."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -17,14 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 ATTACKS = ("fgsm", "bim", "mim", "pgd")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # These batches are tiny: one thread is as fast, and immune to the 100x slowdown of
-    # OpenMP threads spinning on a shared, oversubscribed machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

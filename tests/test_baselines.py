@@ -14,7 +14,7 @@ from parl_core.cli import main as cli_main
 from parl_core.losses import make_method
 from parl_core.train import epoch_generator
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,7 @@ CKPT = REPO / "checkpoints"
 FAST = dict(steps=8, eps=[0.1, 0.3])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny batches: one thread is as fast and immune to OpenMP spinning on a shared machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
