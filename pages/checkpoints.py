@@ -49,8 +49,8 @@ with tab_detail:
                                prov=ui.provenance([path], {k: meta.get(k) for k in ("method", "params", "seed",
                                                                                    "epochs", "batch_size", "lr")},
                                                   command=meta.get("command")), title=f"history_{sel}")
-            with st.expander("Metadata"):
-                st.json({k: v for k, v in meta.items() if k != "history"}, expanded=False)
+            ui.lazy_expander("Metadata", "ck_meta", lambda: st.json(
+                {k: v for k, v in meta.items() if k != "history"}, expanded=False))
             c = st.columns(4)
             c[0].download_button("Download", data=lambda p=path: p.read_bytes(), file_name=path.name,
                                  mime="application/octet-stream", on_click="ignore", icon=":material/download:",

@@ -130,9 +130,16 @@ with c[0]:
                    key="gr_angles", prov=prov, title="angles")
 with c[1]:
     if len(names) >= 2:
-        ui.show_figure(pp.directions_3d_figure(res["cos"], names), "The gradient directions drawn as "
-                       "arrows with their true angles (drag to rotate). Diverse members spread apart.",
-                       key="gr_3d", prov=prov, title="directions")
+        state.default(f"{K}gr_webgl", False)
+        webgl = st.session_state[f"{K}gr_webgl"]
+        ui.show_figure(pp.directions_3d_figure(res["cos"], names, webgl=webgl),
+                       "The gradient directions as arrows in 3-D, arcs labelled with the true angles ("
+                       + ("drag to rotate" if webgl else "the slider turns the view; faint arrows point away "
+                          "from you") + "). Diverse members spread apart.", key="gr_3d", prov=prov,
+                       title="directions")
+        st.toggle("Free rotation (WebGL; slow without a GPU)", key=f"{K}gr_webgl",
+                  help="A plotly 3-D scene you can drag in any direction. Drawing it takes ~0.5 s "
+                       "in a browser without graphics acceleration, the default drawing ~0.03 s.")
 
 # ------------------------------------------------------------------- over the test set
 st.subheader("Over the test set: ENS_U vs PARL")

@@ -69,3 +69,23 @@ def test_distribution_is_computed_on_request(app_env):
     assert len(at.get("plotly_chart")) == 4
     rerun(at)  # kept: shown at once, no button
     assert len(at.get("plotly_chart")) == 4 and not any(b.key == "gr_dist_go" for b in at.button)
+
+
+def test_provenance_is_built_only_when_opened(app_env):
+    at = open_page(PAGE)
+    assert len(at.code) == 0 and len(at.json) == 0  # closed: nothing for the browser to load
+    at.session_state["prov_gr_maps"] = True  # what a click on the expander sends
+    rerun(at)
+    assert any(c.value.startswith("python -c") and "input_gradients" in c.value for c in at.code)
+    assert any("sha256" in j.value for j in at.json)
+
+
+def test_direction_diagram_svg_by_default_webgl_on_request(app_env):
+    at = open_page(PAGE)
+
+    def diagram():
+        return next(c.proto.spec for c in at.get("plotly_chart") if "true angles" in c.proto.spec)
+    assert '"scatter3d"' not in diagram() and '"frames"' in diagram()
+    at.toggle(key="k_gr_webgl").set_value(True)
+    rerun(at)
+    assert '"scatter3d"' in diagram()

@@ -58,16 +58,52 @@ def test_angle_matrix_figure():
 
 
 def test_directions_3d_figure_writes_true_angles_and_exactness():
-    fig = pp.directions_3d_figure(_cos3(), ["p", "q", "r"])
-    assert [t.type for t in fig.data] == ["scatter3d"] * 5  # 3 rays, arcs, angle labels
-    assert [t.name for t in fig.data[:3]] == ["p", "q", "r"]
-    assert list(fig.data[4].text) == ["53.1°", "90.0°", "90.0°"]
-    assert "exactly" in fig.layout.title.text
-    assert "p–q: 53.1°" in fig.layout.annotations[0].text
+    for webgl in (False, True):
+        fig = pp.directions_3d_figure(_cos3(), ["p", "q", "r"], webgl=webgl)
+        rays = [t for t in fig.data if t.name in ("p", "q", "r")]
+        assert [t.type for t in rays] == ["scatter3d" if webgl else "scatter"] * 3
+        labels = next(t for t in fig.data if t.name == "true angles")
+        assert list(labels.text) == ["53.1°", "90.0°", "90.0°"]
+        assert "exactly" in fig.layout.title.text
+        assert "p–q: 53.1°" in fig.layout.annotations[0].text
     v = np.random.default_rng(2).normal(size=(5, 20))
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     fig5 = pp.directions_3d_figure(v @ v.T, list("abcde"))
     assert "off by up to" in fig5.layout.title.text
+
+
+def test_directions_svg_frames_are_projections_of_the_true_directions():
+    """Seen from the side (elevation 0), the views at azimuth 0 and 90 show (y, z) and
+    (-x, z) of each ray tip: together they give the 3-D tips back, whose Gram matrix must
+    be the cosine matrix, and every view draws the same rays (a rotation of one set)."""
+    cos = _cos3()
+    fig = pp.directions_3d_figure(cos, ["p", "q", "r"], views=4, elevation=0)
+    assert len(fig.frames) == 4 and [f.name for f in fig.frames] == ["0", "90", "180", "270"]
+    assert len(fig.layout.sliders[0].steps) == 4
+    rays = [i for i, t in enumerate(fig.data) if t.name in ("p", "q", "r")]
+
+    def tips(frame):
+        at = {i: d for i, d in zip(frame.traces, frame.data)}
+        return np.array([[at[i].x[1], at[i].y[1]] for i in rays], dtype=float)
+
+    side, front = tips(fig.frames[0]), tips(fig.frames[1])
+    np.testing.assert_allclose(side[:, 1], front[:, 1], atol=1e-6)  # z is z from both sides
+    p3 = np.stack([-front[:, 0], side[:, 0], side[:, 1]], 1)
+    np.testing.assert_allclose(p3 @ p3.T, cos, atol=1e-5)
+    for f in fig.frames:  # a unit ray never projects longer than 1
+        assert np.all(np.hypot(*tips(f).T) <= 1 + 1e-6)
+    with pytest.raises(ValueError, match="views"):
+        pp.directions_3d_figure(cos, ["p", "q", "r"], views=0)
+    with pytest.raises(ValueError, match="elevation"):
+        pp.directions_3d_figure(cos, ["p", "q", "r"], elevation=120)
+
+
+def test_directions_svg_handles_one_ray_and_a_zero_gradient():
+    fig = pp.directions_3d_figure(np.ones((1, 1)), ["only"])
+    assert len(fig.frames) == 36
+    zero = np.diag([1.0, 0.0])  # the second model's gradient is zero
+    fig = pp.directions_3d_figure(zero, ["a", "b"])
+    assert "zero gradient" in next(t for t in fig.data if t.name == "b").text[1]
 
 
 def _dist(values):

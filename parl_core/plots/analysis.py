@@ -134,44 +134,55 @@ def angle_matrix_figure(cos, names, title: str = "Angles between input gradients
     return fig
 
 
-def directions_3d_figure(cos, names, title: str = "Gradient directions") -> go.Figure:
+def directions_3d_figure(cos, names, title: str = "Gradient directions", *, webgl: bool = False,
+                         views: int = 36, elevation: float = 40.0) -> go.Figure:
     """Figure 1(e): unit gradient directions drawn in 3-D, the true angles written on.
 
-    One trace per model (a ray from the origin), then one trace of arcs between the
-    rays and one of their true angles (in degrees); the title states whether the
-    drawing is exact (M <= 3) or its largest angle distortion (see `embed_directions`).
+    The directions come from `embed_directions` (exact for M <= 3; the title states
+    whether the drawing is exact or its largest angle distortion). Each model is a ray
+    from the origin; an arc joins every pair of rays, labelled with the pair's true angle.
+
+    webgl=False (default): an orthographic projection drawn in SVG, inside the unit
+    sphere's outline and its equator (dotted behind), with a slider that turns the view
+    about the vertical axis in `views` steps at `elevation` degrees. The slider animates
+    on the client (no server round trip), and SVG costs a few tens of milliseconds to
+    draw where a WebGL scene takes ~0.4 s without a GPU (headless chromium here). It
+    opens at the view whose rays lie furthest apart on screen. Rays behind the sphere's
+    centre are drawn faint; angles on screen are foreshortened, the labels are not.
+    webgl=True: a plotly 3-D scene (free rotation by dragging).
     """
     c = _cos_matrix(cos)
     if len(names) != len(c):
         raise ValueError(f"names must name each of the {len(c)} models, got {len(names)}")
+    if not isinstance(views, (int, np.integer)) or views < 1:
+        raise ValueError(f"views must be a positive integer, got {views!r}")
+    if not -90 <= elevation <= 90:
+        raise ValueError(f"elevation must be in [-90, 90] degrees, got {elevation}")
     coords, distortion = embed_directions(c)
-    fig = go.Figure()
-    for k, (p, n) in enumerate(zip(coords, names)):
-        fig.add_trace(go.Scatter3d(x=[0, p[0]], y=[0, p[1]], z=[0, p[2]], mode="lines+markers+text",
-                                   text=["", str(n)], name=str(n),
-                                   line={"color": _color(k), "width": 6},
-                                   marker={"size": [2, 5], "color": _color(k)}))
-    _add_angle_arcs(fig, coords, cosine_to_angle(c), names)
+    deg = cosine_to_angle(c)
+    names = [str(n) for n in names]
     note = ("angles drawn exactly" if len(c) <= 3 and distortion < 0.05 else
             f"best 3-D approximation: drawn angles off by up to {distortion:.1f}°")
-    deg = cosine_to_angle(c)
     listing = "<br>".join(f"{names[i]}–{names[j]}: {deg[i, j]:.1f}°"
                           for i in range(len(c)) for j in range(i + 1, len(c)))
-    axis = {"range": [-1.05, 1.05], "title": "", "showticklabels": False}
-    fig.update_layout(title={"text": f"{title}<br><sup>unit vectors; arcs labelled with the "
-                                      f"true angles; {note}</sup>"},
-                      scene={"xaxis": axis, "yaxis": axis, "zaxis": axis, "aspectmode": "cube",
-                             "camera": {"eye": {"x": 1.1, "y": 1.1, "z": 0.8}}},
+    arcs, tips, labels = _angle_arcs(coords, deg)
+    if webgl:
+        fig = _directions_webgl(coords, names, arcs, tips, labels)
+        sub = f"unit vectors; arcs labelled with the true angles; {note}"
+    else:
+        fig = _directions_svg(coords, names, arcs, tips, labels, int(views), float(elevation))
+        sub = f"unit vectors in 3-D, seen from the slider's angle; arcs labelled with the true angles; {note}"
+    fig.update_layout(title={"text": f"{title}<br><sup>{sub}</sup>"},
                       annotations=[{"text": "true angles<br>" + listing, "showarrow": False,
-                                    "xref": "paper", "yref": "paper", "x": 0, "y": 0,
-                                    "xanchor": "left", "yanchor": "bottom", "align": "left"}],
-                      height=500, margin={"t": 80, "l": 10, "r": 10, "b": 10})
+                                    "xref": "paper", "yref": "paper", "x": 0, "y": 1,
+                                    "xanchor": "left", "yanchor": "top", "align": "left"}],
+                      height=500)
     return fig
 
 
-def _add_angle_arcs(fig, coords, deg, names, radius: float = 0.35):
-    """Two traces: an arc between each pair of rays (grey, one trace) and, beyond
-    each arc's middle, the pair's true angle in degrees."""
+def _angle_arcs(coords, deg, radius: float = 0.35):
+    """An arc between every pair of non-zero rays (one polyline, pairs separated by
+    NaN rows), the points just beyond each arc's middle, and the pairs' angle labels."""
     arcs, tips, labels = [], [], []
     t = np.linspace(0, 1, 16)[:, None]
     for i in range(len(coords)):
@@ -185,12 +196,117 @@ def _add_angle_arcs(fig, coords, deg, names, radius: float = 0.35):
             tips.append(path[len(path) // 2] * 1.6)
             labels.append(f"{deg[i, j]:.1f}°")
     if not arcs:
-        return
-    a, m = np.concatenate(arcs), np.array(tips)
-    fig.add_trace(go.Scatter3d(x=a[:, 0], y=a[:, 1], z=a[:, 2], mode="lines", name="angle arcs",
-                               line={"color": "grey", "width": 3}, hoverinfo="skip"))
-    fig.add_trace(go.Scatter3d(x=m[:, 0], y=m[:, 1], z=m[:, 2], mode="text", text=labels,
-                               name="true angles", textfont={"size": 12}))
+        return np.zeros((0, 3)), np.zeros((0, 3)), []
+    return np.concatenate(arcs), np.array(tips), labels
+
+
+def _directions_webgl(coords, names, arcs, tips, labels) -> go.Figure:
+    fig = go.Figure()
+    for k, (p, n) in enumerate(zip(coords, names)):
+        fig.add_trace(go.Scatter3d(x=[0, p[0]], y=[0, p[1]], z=[0, p[2]], mode="lines+markers+text",
+                                   text=["", n], name=n, line={"color": _color(k), "width": 6},
+                                   marker={"size": [2, 5], "color": _color(k)}))
+    if labels:
+        fig.add_trace(go.Scatter3d(x=arcs[:, 0], y=arcs[:, 1], z=arcs[:, 2], mode="lines",
+                                   name="angle arcs", line={"color": "grey", "width": 3}, hoverinfo="skip"))
+        fig.add_trace(go.Scatter3d(x=tips[:, 0], y=tips[:, 1], z=tips[:, 2], mode="text", text=labels,
+                                   name="true angles", textfont={"size": 12}))
+    axis = {"range": [-1.05, 1.05], "title": "", "showticklabels": False}
+    fig.update_layout(scene={"xaxis": axis, "yaxis": axis, "zaxis": axis, "aspectmode": "cube",
+                             "camera": {"eye": {"x": 1.1, "y": 1.1, "z": 0.8}}},
+                      margin={"t": 80, "l": 10, "r": 10, "b": 10})
+    return fig
+
+
+def _view(azimuth: float, elevation: float):
+    """Orthographic camera at (azimuth, elevation) degrees about the z axis: the screen's
+    right and up vectors and the direction towards the viewer."""
+    a, e = np.radians(azimuth), np.radians(elevation)
+    right = np.array([-np.sin(a), np.cos(a), 0.0])
+    up = np.array([-np.sin(e) * np.cos(a), -np.sin(e) * np.sin(a), np.cos(e)])
+    toward = np.array([np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)])
+    return right, up, toward
+
+
+def _upright(coords: np.ndarray) -> np.ndarray:
+    """The (3, 3) rotation to apply (`p @ rot.T`) to (M, 3) directions so the plane that fits them best (through the origin) is
+    the equator: its normal, the least-spread axis of coords^T coords, becomes +z (pointing
+    to the side most rays lean to) and the first non-zero ray lies in the x-z plane.
+    Bundled and fanned-out rays alike then spread around the vertical axis the slider
+    turns about."""
+    live = coords[np.abs(coords).sum(1) > 0]
+    if len(live) == 0:
+        return np.eye(3)
+    _, vec = np.linalg.eigh(live.T @ live)
+    up = vec[:, 0] * (1.0 if (live @ vec[:, 0]).sum() >= 0 else -1.0)
+    first = live[0] - (live[0] @ up) * up
+    if np.linalg.norm(first) < 1e-9:  # the first ray is the normal itself (a single ray)
+        first = np.eye(3)[np.argmin(np.abs(up))] - up * up[np.argmin(np.abs(up))]
+    e1 = first / np.linalg.norm(first)
+    rot = np.stack([e1, np.cross(up, e1), up])
+    return rot  # right-handed: rows e1, up x e1, up
+
+
+def _directions_svg(coords, names, arcs, tips, labels, views: int, elevation: float) -> go.Figure:
+    rot = _upright(coords)
+    coords, arcs, tips = coords @ rot.T, arcs @ rot.T, tips @ rot.T
+    ring = np.linspace(0, 2 * np.pi, 73)
+    equator = np.stack([np.cos(ring), np.sin(ring), np.zeros_like(ring)], 1)
+    live = [k for k in range(len(coords)) if coords[k].any()]
+
+    def frame(az: float) -> list[dict]:  # what moves when the view turns (float32: a small figure)
+        right, up, toward = _view(az, elevation)
+        xy = lambda p: {"x": (p @ right).astype(np.float32), "y": (p @ up).astype(np.float32)}  # noqa: E731
+        traces = [{**xy(np.stack([np.zeros(3), p])), "opacity": 1.0 if p @ toward >= -1e-9 else 0.45}
+                  for p in coords]
+        return traces + ([xy(arcs), xy(tips)] if labels else [])
+
+    def spread(az: float) -> float:  # smallest on-screen distance between two ray tips
+        right, up, _ = _view(az, elevation)
+        pts = coords[live] @ np.stack([right, up], 1)
+        d = [np.linalg.norm(pts[i] - pts[j]) for i in range(len(pts)) for j in range(i + 1, len(pts))]
+        return min(d, default=0.0)
+
+    angles = [round(360.0 * k / views, 6) for k in range(views)]
+    start = max(angles, key=spread)
+    first = frame(start)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=np.cos(ring), y=np.sin(ring), mode="lines", name="unit sphere",
+                             line={"color": "lightgrey", "width": 1}, hoverinfo="skip"))
+    # Turning about the vertical axis maps the equator onto itself: its ellipse is the same in
+    # every view, near half (towards the viewer, below the centre) solid, far half dotted.
+    right, up, toward = _view(0.0, elevation)
+    near = equator @ toward >= 0
+    for part, dash, name in ((near, "solid", "equator"), (~near, "dot", "equator (behind)")):
+        fig.add_trace(go.Scatter(x=np.where(part, equator @ right, np.nan), y=np.where(part, equator @ up, np.nan),
+                                 mode="lines", name=name, hoverinfo="skip",
+                                 line={"color": "lightgrey", "width": 1, "dash": dash}))
+    for k, (tr, n) in enumerate(zip(first, names)):
+        zero = not coords[k].any()
+        fig.add_trace(go.Scatter(**tr, mode="lines+markers+text", name=n,
+                                 text=["", n + (" (zero gradient)" if zero else "")],
+                                 textposition="top center", line={"color": _color(k), "width": 4},
+                                 marker={"size": [4, 14], "color": _color(k), "angleref": "previous",
+                                         "symbol": ["circle", "circle" if zero else "arrow"]},
+                                 hovertemplate=f"{n}<extra></extra>"))
+    if labels:
+        fig.add_trace(go.Scatter(**first[-2], mode="lines", name="angle arcs", hoverinfo="skip",
+                                 line={"color": "grey", "width": 2}))
+        fig.add_trace(go.Scatter(**first[-1], mode="text", text=labels, name="true angles",
+                                 textfont={"size": 12}, hoverinfo="skip"))
+    moving = list(range(3, len(fig.data)))
+    fig.frames = [go.Frame(name=f"{a:g}", data=frame(a), traces=moving) for a in angles]
+    fig.update_layout(
+        sliders=[{"active": angles.index(start), "currentvalue": {"prefix": "view from azimuth ",
+                                                                   "suffix": "°"},
+                  "pad": {"t": 10}, "len": 0.9, "x": 0.05,
+                  "steps": [{"label": f"{a:g}", "method": "animate",
+                             "args": [[f"{a:g}"], {"mode": "immediate", "frame": {"duration": 0, "redraw": False},
+                                                   "transition": {"duration": 0}}]} for a in angles]}],
+        xaxis={"range": [-1.3, 1.3], "visible": False},
+        yaxis={"range": [-1.3, 1.3], "visible": False, "scaleanchor": "x"},
+        showlegend=False, margin={"t": 80, "l": 10, "r": 10, "b": 10}, plot_bgcolor="white")
+    return fig
 
 
 def cosine_histogram_figure(distributions: dict, title: str = "Loss-gradient cosine "
