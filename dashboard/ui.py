@@ -14,10 +14,36 @@ import re
 import streamlit as st
 
 import parl_core as pc
+from parl_core.plots.analysis import PALETTE
 
 from . import cache
 
 _PNG_NOTE = "PNG: the camera icon at the top right of the figure."
+_CONFIG = {"displaylogo": False}
+
+
+# A deliberately small template: light, projector-friendly, Streamlit's font. Plotly's own
+# templates carry defaults for every trace type, which the browser applies to every trace
+# of every draw; without a GPU here the full "plotly_white" cost as much as Streamlit's
+# theme, this one 0.2-0.3 s less per Playground render (see `chart`).
+_AXIS = {"gridcolor": "#e8e8e8", "zerolinecolor": "#cccccc", "linecolor": "#cccccc", "automargin": True}
+TEMPLATE = {"layout": {"font": {"family": '"Source Sans", "Source Sans Pro", sans-serif', "color": "#31333F"},
+                       "paper_bgcolor": "white", "plot_bgcolor": "white", "colorway": list(PALETTE),
+                       "xaxis": _AXIS, "yaxis": _AXIS, "hoverlabel": {"align": "left"}}}
+
+
+def chart(fig, *, key: str, where=None, config: dict | None = None, **kwargs):
+    """`st.plotly_chart` in the small light `TEMPLATE` instead of Streamlit's theme.
+
+    Streamlit (1.67) draws a chart from scratch whenever its figure changes, and re-styles
+    a themed figure in the browser each time. Measured on the Playground page (5 charts,
+    headless chromium without a GPU, median of 8 loads): Streamlit's theme 1.78 s, plotly's
+    "plotly_white" template 1.83 s, this template 1.59 s; in a fresh browser 3.38, 3.07 and
+    2.76 s. The template is set on `fig` itself, so its HTML download looks the same.
+    `where`: the container to draw in (default: the page)."""
+    fig.update_layout(template=TEMPLATE)
+    return (where or st).plotly_chart(fig, key=key, theme=None, config={**_CONFIG, **(config or {})},
+                                      **kwargs)
 
 
 def _slug(text: str) -> str:
@@ -71,8 +97,7 @@ def show_figure(fig, caption: str, *, key: str, prov: dict | None = None, title:
                 height: int | None = None) -> None:
     """A plotly figure, its caption, its provenance (expander) and an HTML download."""
     name = _slug(title or key)
-    st.plotly_chart(fig, key=f"fig_{key}", config={
-        "displaylogo": False, "toImageButtonOptions": {"format": "png", "filename": name, "scale": 2}})
+    chart(fig, key=f"fig_{key}", config={"toImageButtonOptions": {"format": "png", "filename": name, "scale": 2}})
     st.caption(caption)
     cols = st.columns([1, 3])
     with cols[0]:

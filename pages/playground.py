@@ -17,6 +17,7 @@ import streamlit as st  # noqa: E402
 
 import parl_core as pc  # noqa: E402
 from dashboard.state import through_app  # noqa: E402
+from dashboard.ui import chart  # noqa: E402
 from parl_core.playground import (ATTACKS_2D, MAX_EPOCHS, PlaygroundConfig,  # noqa: E402
                                   PlaygroundSession, playground_methods)
 from parl_core.plots.playground import (alignment_figure, layer_cosine_figure,  # noqa: E402
@@ -197,7 +198,7 @@ def transfer_view(sess: PlaygroundSession) -> None:
         st.caption("Pause to measure transfer on the test set.")
         return
     t = S.pg_transfer
-    st.plotly_chart(transfer_figure(t["rates"], t["vote"]), key="pg_fig_transfer")
+    chart(transfer_figure(t["rates"], t["vote"]), key="pg_fig_transfer")
     st.caption(f"{S.pg_attack.upper()} ε={S.pg_eps:g} on the {len(sess.test_ds)} test points "
                f"(epoch {S.pg_transfer_key[1]}). The diagonal is the white-box success; off it, "
                f"transfer: mean **{t['transfer']:.0%}**. Lower transfer is what diversity buys.")
@@ -220,7 +221,7 @@ def members_view(sess: PlaygroundSession) -> None:
     h = sess.history[-1] if sess.history else None
     fig = members_figure(frame, attack, accuracies=h["member_acc"] + [h["test_acc"]] if h else None)
     status_line(sess, 1000 * (time.perf_counter() - t0))
-    st.plotly_chart(fig, key="pg_chart", on_select="rerun", selection_mode="points")
+    chart(fig, key="pg_chart", on_select="rerun", selection_mode="points")
     fooled = ", ".join(f"M{i + 1}" for i, c in enumerate(attack["crossed"]) if c) or "none"
     st.caption(f"Each plot is one member: shading is its confidence, the black line its "
                f"boundary, the arrows the way its loss rises (toward its boundary). The "
@@ -234,16 +235,16 @@ def analysis_view(sess: PlaygroundSession) -> None:
     """Alignment map, per-layer cosines, training curves and transfer of the latest frame."""
     frame = S.pg_frame
     c1, c2, c3 = st.columns(3)
-    c1.plotly_chart(alignment_figure(frame), key="pg_fig_align")
+    chart(alignment_figure(frame), key="pg_fig_align", where=c1)
     c1.caption("Red: the members' loss gradients point alike, so an attack on one member "
                "moves the point toward the others' boundaries too. Blue: they disagree.")
-    c2.plotly_chart(layer_cosine_figure(frame.layer_cos, frame.floor), key="pg_fig_layers")
+    chart(layer_cosine_figure(frame.layer_cos, frame.floor), key="pg_fig_layers", where=c2)
     c2.caption(f"PARL drives each layer's mean pairwise cosine toward the floor "
                f"−1/(M−1) = {frame.floor:.2f}: at the floor the regulariser is saturated, "
                f"{sess.config.members} vectors cannot spread further. In 2-D that can happen while "
                f"the loss gradients (left) still agree: diverse layer gradients do not by "
                f"themselves make the boundaries differ.")
-    c3.plotly_chart(playground_history_figure(frame.history), key="pg_fig_history")
+    chart(playground_history_figure(frame.history), key="pg_fig_history", where=c3)
     with c3:
         transfer_view(sess)
 

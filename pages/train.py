@@ -158,11 +158,11 @@ def show_job(job: jobs.Job, polling: bool) -> None:
     else:
         st.warning("Cancelled before the first epoch finished: nothing was saved.")
     steps = snap["steps"][:: max(1, len(snap["steps"]) // 300)]  # a few hundred points are enough
-    st.plotly_chart(pp.step_loss_figure(steps, snap["steps_per_epoch"]), key="tr_steps")
+    ui.chart(pp.step_loss_figure(steps, snap["steps_per_epoch"]), key="tr_steps")
     st.caption("Batch loss terms as training runs (ce: the members' summed cross-entropy; reg: "
                "PARL's pairwise gradient similarity, which falls as members diversify).")
     if snap["history"]:
-        st.plotly_chart(_history_figure(job.id, len(snap["history"]), snap["history"]), key="tr_hist")
+        ui.chart(_history_figure(job.id, len(snap["history"]), snap["history"]), key="tr_hist")
         st.caption("Per epoch: loss terms; test accuracy of each member and of the ensemble's vote; "
                    "mean pairwise gradient cosine R/K (lower = more diverse).")
     if polling and not job.active:  # just finished: rerun the app, which makes it active

@@ -217,6 +217,18 @@ def test_every_builder_returns_a_valid_figure(trained):
         assert isinstance(_validated(fig), go.Figure)
 
 
+def test_svg_for_small_figures_webgl_for_many_markers(trained):
+    import dataclasses
+    import parl_core.plots.playground as pgp
+    _, frame = trained  # ~60 training points: SVG everywhere
+    assert {t.type for t in members_figure(frame).data if t.type != "heatmap"} == {"scatter"}
+    many = dataclasses.replace(frame, train_x=np.zeros((pgp.SVG_MAX_MARKERS, 2), np.float32),
+                               train_y=np.zeros(pgp.SVG_MAX_MARKERS, np.int64))
+    assert {t.type for t in _validated(members_figure(many)).data if t.type != "heatmap"} == {"scattergl"}
+    assert {t.type for t in alignment_figure(many).data if t.type != "heatmap"} == {"scatter"}
+    assert pgp.scatter_type(pgp.SVG_MAX_MARKERS) == "scatter"
+
+
 def test_multiclass_regions_and_boundaries():
     sess = PlaygroundSession(PlaygroundConfig(dataset="blobs", **TINY))
     sess.step()

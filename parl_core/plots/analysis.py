@@ -171,8 +171,8 @@ def directions_3d_figure(cos, names, title: str = "Gradient directions", *, webg
         sub = f"unit vectors; arcs labelled with the true angles; {note}"
     else:
         fig = _directions_svg(coords, names, arcs, tips, labels, int(views), float(elevation))
-        sub = f"unit vectors in 3-D, seen from the slider's angle; arcs labelled with the true angles; {note}"
-    fig.update_layout(title={"text": f"{title}<br><sup>{sub}</sup>"},
+        sub = f"unit vectors in 3-D, turned by the slider<br>arcs labelled with the true angles; {note}"
+    fig.update_layout(title={"text": f"{title}<br><sup>{sub}</sup>"}, margin={"t": 100},
                       annotations=[{"text": "true angles<br>" + listing, "showarrow": False,
                                     "xref": "paper", "yref": "paper", "x": 0, "y": 1,
                                     "xanchor": "left", "yanchor": "top", "align": "left"}],

@@ -16,9 +16,17 @@ __all__ = ["CLASS_COLORS", "members_figure", "alignment_figure", "layer_cosine_f
 CLASS_COLORS = ["#f59322", "#0877bd", "#2ca02c", "#9467bd", "#d62728"]
 _PALE = ["#fbd9ad", "#a9d3ee", "#b7e2b1", "#d5c6e8", "#f2b4b4"]
 _HEIGHT = 290
-# The plane's points, lines and arrows are drawn with WebGL: redrawing ~2,000 SVG markers
-# every frame cost the browser ~5x more than WebGL (bench/bench_playground_browser.py).
-_SCATTER = "scattergl"
+# Streamlit (1.67) remounts a chart whenever its figure changes, so every Playground frame
+# is a full Plotly.newPlot. Measured in headless chromium without a GPU (software WebGL):
+# the 4-plot members figure draws in 250/460/520/930 ms as SVG and 550/650/610/690 ms as
+# WebGL for 200/500/1000/2000 points; the alignment map in 40-155 ms as SVG, 240-310 ms
+# as WebGL. So SVG up to this many markers in one figure, WebGL beyond.
+SVG_MAX_MARKERS = 4000
+
+
+def scatter_type(markers: int) -> str:
+    """"scatter" (SVG) for a figure with up to SVG_MAX_MARKERS markers, else "scattergl"."""
+    return "scatter" if markers <= SVG_MAX_MARKERS else "scattergl"
 
 
 def _figure(traces, layout) -> go.Figure:
@@ -93,18 +101,18 @@ def _title(k, cols, rows, text):
                 yref="paper", yanchor="bottom", showarrow=False, font=dict(size=12))
 
 
-def _attack_traces(path, crossed, k):
+def _attack_traces(path, crossed, k, kind):
     ax = dict(xaxis=f"x{k}", yaxis=f"y{k}", showlegend=False)
     color = "#d62728" if crossed else "#222222"
-    return [dict(type=_SCATTER, x=path[:, 0], y=path[:, 1], mode="lines+markers",
+    return [dict(type=kind, x=path[:, 0], y=path[:, 1], mode="lines+markers",
                  name="attack path", line=dict(color="#222222", width=2), marker=dict(size=4),
                  hoverinfo="skip", **ax),
-            dict(type=_SCATTER, x=path[-1:, 0], y=path[-1:, 1], mode="markers",
+            dict(type=kind, x=path[-1:, 0], y=path[-1:, 1], mode="markers",
                  name="attack end", customdata=[int(crossed)], hoverinfo="skip",
                  marker=dict(symbol="x", size=13, color=color, line=dict(width=1)), **ax)]
 
 
-def _plot_traces(frame, i, k, cell, colors, colorscale):
+def _plot_traces(frame, i, k, cell, colors, colorscale, kind):
     """Regions, boundary, training points and (members only) gradient arrows of plot k."""
     m = frame.member_probs.shape[0]
     ax = dict(xaxis=f"x{k}", yaxis=f"y{k}", showlegend=False)
@@ -116,16 +124,16 @@ def _plot_traces(frame, i, k, cell, colors, colorscale):
         probs, pred, (bx, by) = frame.vote_probs, frame.vote, frame.vote_boundary
         name = "vote boundary"
     out = [_region_trace(frame, probs, pred, k),
-           dict(type=_SCATTER, x=bx.astype(np.float32), y=by.astype(np.float32), mode="lines",
+           dict(type=kind, x=bx.astype(np.float32), y=by.astype(np.float32), mode="lines",
                 name=name, hoverinfo="skip",
                 line=dict(color="#111111", width=2), **ax),
-           dict(type=_SCATTER, x=frame.train_x[:, 0], y=frame.train_x[:, 1], mode="markers",
+           dict(type=kind, x=frame.train_x[:, 0], y=frame.train_x[:, 1], mode="markers",
                 name="train", hovertemplate="point %{pointNumber}<extra></extra>",
                 marker=dict(size=5, color=colors, colorscale=colorscale, cmin=0, cmax=1,
                             line=dict(color="white", width=0.5)), **ax)]
     if i < m:
         gx, gy = arrow_segments(frame.arrow_points, frame.arrow_grads[i], 0.45 * cell)
-        out.append(dict(type=_SCATTER, x=gx, y=gy, mode="lines", name=f"gradient M{i + 1}",
+        out.append(dict(type=kind, x=gx, y=gy, mode="lines", name=f"gradient M{i + 1}",
                         hoverinfo="skip", line=dict(color="rgba(40,40,40,0.55)", width=1), **ax))
     return out
 
@@ -143,15 +151,16 @@ def members_figure(frame, attack: dict | None = None, *, cols: int = 3,
     layout, rows = _axes_layout(n_plots, cols, bounds)
     cell = (bounds[1] - bounds[0]) / np.sqrt(len(frame.arrow_points))
     colors, colorscale = _class_colors(frame.train_y, frame.num_classes)
+    kind = scatter_type(len(frame.train_x) * n_plots)
     traces, titles = [], []
     for i in range(n_plots):
-        traces.extend(_plot_traces(frame, i, i + 1, cell, colors, colorscale))
+        traces.extend(_plot_traces(frame, i, i + 1, cell, colors, colorscale, kind))
         head = f"M{i + 1}" if i < m else "vote"
         if accuracies is not None:
             head += f" {accuracies[i]:.0%}"
         if attack is not None:
             crossed = bool(attack["crossed"][i]) if i < m else attack["vote_end"] != attack["label"]
-            traces.extend(_attack_traces(attack["path"], crossed, i + 1))
+            traces.extend(_attack_traces(attack["path"], crossed, i + 1, kind))
             head += f"{' · attacked' if i == attack['member'] else ''} · " \
                     f"{'<b>fooled</b>' if crossed else 'holds'}"
         titles.append(_title(i + 1, cols, rows, head))
@@ -165,13 +174,14 @@ def alignment_figure(frame) -> go.Figure:
     """Local alignment: the mean pairwise cosine of the members' loss gradients over
     the plane (1: they point alike, an attack on one transfers), vote boundary on top."""
     scale = [[0, "#2166ac"], [0.5, "#f7f7f7"], [1, "#b2182b"]]
+    kind = scatter_type(len(frame.train_x))
     traces = [
         dict(type="heatmap", x=frame.xs, y=frame.ys, z=frame.alignment, zmin=-1, zmax=1,
              colorscale=scale, name="alignment", colorbar=dict(title=dict(text="cos"), thickness=12),
              hovertemplate="x %{x:.2f}, y %{y:.2f}<br>mean cos %{z:.2f}<extra></extra>"),
-        dict(type=_SCATTER, x=frame.vote_boundary[0], y=frame.vote_boundary[1], mode="lines",
+        dict(type=kind, x=frame.vote_boundary[0], y=frame.vote_boundary[1], mode="lines",
              name="vote boundary", line=dict(color="#111111", width=1.5), hoverinfo="skip"),
-        dict(type=_SCATTER, x=frame.train_x[:, 0], y=frame.train_x[:, 1], mode="markers",
+        dict(type=kind, x=frame.train_x[:, 0], y=frame.train_x[:, 1], mode="markers",
              name="train", marker=dict(size=3, color="rgba(0,0,0,0.25)"), hoverinfo="skip")]
     layout = dict(height=360, margin=dict(l=10, r=10, t=30, b=10), showlegend=False,
                   title=dict(text=f"local gradient alignment (floor {frame.floor:.2f})",
