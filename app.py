@@ -9,7 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard import config, sidebar, state, ui
+from dashboard import cache, config, sidebar, state, ui
 
 st.set_page_config(page_title="PARL Lab", page_icon=":material/hub:", layout="wide")
 config.configure_torch()
@@ -54,3 +54,4 @@ except Exception as e:  # a visitor gets what to do, never a traceback (it goes 
     ui.show_error("This view failed", f"{type(e).__name__}: {e}",
                   "Reload the page. If it fails again, check the active checkpoint on the "
                   "Checkpoints page, or choose another one in the sidebar.")
+cache.warm_up()  # after the first page is drawn: data the analysis pages will need

@@ -72,3 +72,22 @@ def test_a_failing_view_shows_what_to_do_not_a_traceback(private_checkpoints, mo
     assert not at.exception
     assert any("This view failed" in e.value and "truncated" in e.value and "Reload" in e.value
                for e in at.error)
+
+
+def test_warm_up_loads_the_checkpoints_test_sets_once_in_the_background(app_env, monkeypatch):
+    import threading
+
+    import parl_core as pc
+    from dashboard import cache
+    calls = []
+    real = pc.load_dataset
+    monkeypatch.setattr(pc, "load_dataset", lambda *a, **k: calls.append(a[:2]) or real(*a, **k))
+    monkeypatch.setattr(cache, "_warm_started", threading.Event())
+    cache.load_dataset.clear()
+    assert cache.warm_up() is True and cache.warm_up() is False  # once per server
+    for t in threading.enumerate():  # (it may have finished already)
+        if t.name == "parl-warm-up":
+            t.join(120)
+    assert calls == [("digits", "test")]  # the shipped checkpoints are all digits
+    cache.load_dataset("digits", "test")  # what a page asks for next: already there
+    assert calls == [("digits", "test")]

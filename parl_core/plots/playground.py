@@ -129,8 +129,8 @@ def _plot_traces(frame, i, k, cell, colors, colorscale, kind):
                 line=dict(color="#111111", width=2), **ax),
            dict(type=kind, x=frame.train_x[:, 0], y=frame.train_x[:, 1], mode="markers",
                 name="train", hovertemplate="point %{pointNumber}<extra></extra>",
-                marker=dict(size=5, color=colors, colorscale=colorscale, cmin=0, cmax=1,
-                            line=dict(color="white", width=0.5)), **ax)]
+                # no outline: 2,000 outlined SVG markers cost ~75 ms more per draw here
+                marker=dict(size=5, color=colors, colorscale=colorscale, cmin=0, cmax=1), **ax)]
     if i < m:
         gx, gy = arrow_segments(frame.arrow_points, frame.arrow_grads[i], 0.45 * cell)
         out.append(dict(type=kind, x=gx, y=gy, mode="lines", name=f"gradient M{i + 1}",
