@@ -138,7 +138,7 @@ def adversarial_example_figure(x, x_adv, *, magnify: float | None = None, titles
     d = b - a
     peak = float(np.abs(d).max()) or 1.0
     magnify = 1.0 / peak if magnify is None else float(magnify)
-    titles = titles or ["clean", "adversarial", f"perturbation ×{magnify:.3g} (max {peak:.3f})"]
+    titles = titles or ["clean", "adversarial", f"perturbation<br>×{magnify:.3g} (max {peak:.3f})"]
     fig = make_subplots(rows=1, cols=3, subplot_titles=titles, horizontal_spacing=0.04)
 
     def gray(img):
@@ -154,5 +154,5 @@ def adversarial_example_figure(x, x_adv, *, magnify: float | None = None, titles
                              showscale=False), 1, 3)
     fig.update_yaxes(autorange="reversed", showticklabels=False)
     fig.update_xaxes(showticklabels=False)
-    fig.update_layout(height=height, margin={"t": 50, "b": 10}, template="plotly_white")
+    fig.update_layout(height=height, margin={"t": 60, "b": 10}, template="plotly_white")
     return fig
