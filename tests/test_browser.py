@@ -59,6 +59,31 @@ def test_train_a_tiny_parl_ensemble(app_url, page):
     click_sidebar_link(page, "Home", page.get_by_text("browser_parl"))
 
 
+def test_leave_come_back_and_cancel_a_run(app_url, page):
+    """A long run survives a visit to another page; Cancel stops it, keeps the finished
+    epochs as a checkpoint, and the run does not start again."""
+    goto_page(page, app_url, "train")
+    _heading(page, "Train an ensemble").wait_for()
+    _set_number(page, "Epochs", 200, page.get_by_text("--epochs 200 --batch-size"))
+    name = page.get_by_label("Checkpoint name", exact=True)
+    act(page, lambda: (name.fill("browser_cancel"), name.press("Enter")),
+        page.get_by_text("Will be saved as browser_cancel.safetensors"))
+    _click(page, "Start training", page.get_by_text("Run browser_cancel"))
+    page.get_by_text("epoch 2/200").wait_for(timeout=120_000)  # two epochs done
+    click_sidebar_link(page, "Home", _heading(page, "PARL Lab"))
+    click_sidebar_link(page, "Train", page.get_by_text("Run browser_cancel"))
+    page.get_by_role("button", name="Cancel").wait_for()
+    _click(page, "Cancel", page.get_by_text("Cancelled; kept"))
+    done = page.get_by_text("saved as browser_cancel.safetensors")
+    done.wait_for(timeout=60_000)
+    kept = int(page.get_by_text("Cancelled; kept").inner_text().split("kept ")[1].split(" ")[0])
+    assert 2 <= kept < 200
+    page.wait_for_timeout(2500)  # a few polling periods: nothing starts again
+    assert page.get_by_role("button", name="Cancel").count() == 0 and done.count() == 1
+    assert page.get_by_role("button", name="Start training").is_enabled()
+    _no_exception(page)
+
+
 def test_gradient_figure(app_url, page):
     goto_page(page, app_url, "gradients?checkpoint=digits_parl&example=3")
     page.get_by_text("Test example #3").wait_for()
