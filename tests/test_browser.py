@@ -90,6 +90,21 @@ def test_gradient_figure(app_url, page):
     page.locator(CHART).first.wait_for()
     assert page.locator('[data-testid="stPlotlyChart"]').count() >= 3
     _no_exception(page)
+    # the direction diagram turns in the browser: a click on its slider moves the rays
+    diagram = page.locator('[data-testid="stPlotlyChart"]', has=page.locator(".slider-container"))
+    rays = diagram.locator(".scatterlayer .trace .lines path")
+    rays.first.wait_for(state="attached")
+    before = [rays.nth(i).get_attribute("d") for i in range(rays.count())]
+    rail = diagram.locator(".slider-rail-rect")
+    rail.scroll_into_view_if_needed()
+    box = rail.bounding_box()
+    current = diagram.locator(".slider-container").text_content()  # "view from azimuth N°" ...
+    at = 0.02 if "azimuth 0°" not in current else 0.5  # a view other than the current one
+    page.mouse.click(box["x"] + at * box["width"], box["y"] + box["height"] / 2)
+    page.wait_for_function("""([sel, old]) => { const d = [...document.querySelectorAll(sel)].map(p => p.getAttribute('d'));
+                                                return d.join('|') !== old.join('|'); }""",
+                           arg=['[data-testid="stPlotlyChart"]:has(.slider-container) .scatterlayer .trace .lines path',
+                                before])
 
 
 def test_cka_heatmap(app_url, page):

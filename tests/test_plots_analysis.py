@@ -64,7 +64,7 @@ def test_directions_3d_figure_writes_true_angles_and_exactness():
         assert [t.type for t in rays] == ["scatter3d" if webgl else "scatter"] * 3
         labels = next(t for t in fig.data if t.name == "true angles")
         assert list(labels.text) == ["53.1°", "90.0°", "90.0°"]
-        assert "exactly" in fig.layout.title.text
+        assert "angles exact in 3-D" in fig.layout.title.text
         assert "p–q: 53.1°" in fig.layout.annotations[0].text
     v = np.random.default_rng(2).normal(size=(5, 20))
     v /= np.linalg.norm(v, axis=1, keepdims=True)

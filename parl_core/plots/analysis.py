@@ -161,8 +161,8 @@ def directions_3d_figure(cos, names, title: str = "Gradient directions", *, webg
     coords, distortion = embed_directions(c)
     deg = cosine_to_angle(c)
     names = [str(n) for n in names]
-    note = ("angles drawn exactly" if len(c) <= 3 and distortion < 0.05 else
-            f"best 3-D approximation: drawn angles off by up to {distortion:.1f}°")
+    note = ("angles exact in 3-D" if len(c) <= 3 and distortion < 0.05 else
+            f"best 3-D approximation: angles off by up to {distortion:.1f}°")
     listing = "<br>".join(f"{names[i]}–{names[j]}: {deg[i, j]:.1f}°"
                           for i in range(len(c)) for j in range(i + 1, len(c)))
     arcs, tips, labels = _angle_arcs(coords, deg)
