@@ -229,11 +229,11 @@ def _view(azimuth: float, elevation: float):
 
 
 def _upright(coords: np.ndarray) -> np.ndarray:
-    """The (3, 3) rotation to apply (`p @ rot.T`) to (M, 3) directions so the plane that fits them best (through the origin) is
-    the equator: its normal, the least-spread axis of coords^T coords, becomes +z (pointing
-    to the side most rays lean to) and the first non-zero ray lies in the x-z plane.
-    Bundled and fanned-out rays alike then spread around the vertical axis the slider
-    turns about."""
+    """The (3, 3) rotation (apply as `p @ rot.T`) that makes the plane through the origin
+    fitting the (M, 3) directions best the equator: its normal, the least-spread axis of
+    coords^T coords, becomes +z (towards the side most rays lean to), and the first
+    non-zero ray lies in the x-z plane. Bundled and fanned-out rays alike then spread
+    around the vertical axis the slider turns about."""
     live = coords[np.abs(coords).sum(1) > 0]
     if len(live) == 0:
         return np.eye(3)
@@ -243,8 +243,7 @@ def _upright(coords: np.ndarray) -> np.ndarray:
     if np.linalg.norm(first) < 1e-9:  # the first ray is the normal itself (a single ray)
         first = np.eye(3)[np.argmin(np.abs(up))] - up * up[np.argmin(np.abs(up))]
     e1 = first / np.linalg.norm(first)
-    rot = np.stack([e1, np.cross(up, e1), up])
-    return rot  # right-handed: rows e1, up x e1, up
+    return np.stack([e1, np.cross(up, e1), up])  # right-handed
 
 
 def _directions_svg(coords, names, arcs, tips, labels, views: int, elevation: float) -> go.Figure:
