@@ -78,6 +78,7 @@ def test_directions_svg_frames_are_projections_of_the_true_directions():
     be the cosine matrix, and every view draws the same rays (a rotation of one set)."""
     cos = _cos3()
     fig = pp.directions_3d_figure(cos, ["p", "q", "r"], views=4, elevation=0)
+    go.Figure(fig.to_dict())  # every property valid (the builder skips plotly's validation)
     assert len(fig.frames) == 4 and [f.name for f in fig.frames] == ["0", "90", "180", "270"]
     assert len(fig.layout.sliders[0].steps) == 4
     rays = [i for i, t in enumerate(fig.data) if t.name in ("p", "q", "r")]

@@ -269,43 +269,44 @@ def _directions_svg(coords, names, arcs, tips, labels, views: int, elevation: fl
     angles = [round(360.0 * k / views, 6) for k in range(views)]
     start = max(angles, key=spread)
     first = frame(start)
-    fig = go.Figure()
-    fig.add_trace(go.Scatter(x=np.cos(ring), y=np.sin(ring), mode="lines", name="unit sphere",
-                             line={"color": "lightgrey", "width": 1}, hoverinfo="skip"))
+    grey = {"color": "lightgrey", "width": 1}
+    traces = [dict(type="scatter", x=np.cos(ring), y=np.sin(ring), mode="lines", name="unit sphere",
+                   line=grey, hoverinfo="skip")]
     # Turning about the vertical axis maps the equator onto itself: its ellipse is the same in
     # every view, near half (towards the viewer, below the centre) solid, far half dotted.
     right, up, toward = _view(0.0, elevation)
     near = equator @ toward >= 0
     for part, dash, name in ((near, "solid", "equator"), (~near, "dot", "equator (behind)")):
-        fig.add_trace(go.Scatter(x=np.where(part, equator @ right, np.nan), y=np.where(part, equator @ up, np.nan),
-                                 mode="lines", name=name, hoverinfo="skip",
-                                 line={"color": "lightgrey", "width": 1, "dash": dash}))
+        traces.append(dict(type="scatter", x=np.where(part, equator @ right, np.nan),
+                           y=np.where(part, equator @ up, np.nan), mode="lines", name=name,
+                           hoverinfo="skip", line={**grey, "dash": dash}))
     for k, (tr, n) in enumerate(zip(first, names)):
         zero = not coords[k].any()
-        fig.add_trace(go.Scatter(**tr, mode="lines+markers+text", name=n,
-                                 text=["", n + (" (zero gradient)" if zero else "")],
-                                 textposition="top center", line={"color": _color(k), "width": 4},
-                                 marker={"size": [4, 14], "color": _color(k), "angleref": "previous",
-                                         "symbol": ["circle", "circle" if zero else "arrow"]},
-                                 hovertemplate=f"{n}<extra></extra>"))
+        traces.append(dict(type="scatter", **tr, mode="lines+markers+text", name=n,
+                           text=["", n + (" (zero gradient)" if zero else "")],
+                           textposition="top center", line={"color": _color(k), "width": 4},
+                           marker={"size": [4, 14], "color": _color(k), "angleref": "previous",
+                                   "symbol": ["circle", "circle" if zero else "arrow"]},
+                           hovertemplate=f"{n}<extra></extra>"))
     if labels:
-        fig.add_trace(go.Scatter(**first[-2], mode="lines", name="angle arcs", hoverinfo="skip",
-                                 line={"color": "grey", "width": 2}))
-        fig.add_trace(go.Scatter(**first[-1], mode="text", text=labels, name="true angles",
-                                 textfont={"size": 12}, hoverinfo="skip"))
-    moving = list(range(3, len(fig.data)))
-    fig.frames = [go.Frame(name=f"{a:g}", data=frame(a), traces=moving) for a in angles]
-    fig.update_layout(
-        sliders=[{"active": angles.index(start), "currentvalue": {"prefix": "view from azimuth ",
-                                                                   "suffix": "°"},
-                  "pad": {"t": 10}, "len": 0.9, "x": 0.05,
-                  "steps": [{"label": f"{a:g}", "method": "animate",
-                             "args": [[f"{a:g}"], {"mode": "immediate", "frame": {"duration": 0, "redraw": False},
-                                                   "transition": {"duration": 0}}]} for a in angles]}],
+        traces += [dict(type="scatter", **first[-2], mode="lines", name="angle arcs", hoverinfo="skip",
+                        line={"color": "grey", "width": 2}),
+                   dict(type="scatter", **first[-1], mode="text", text=labels, name="true angles",
+                        textfont={"size": 12}, hoverinfo="skip")]
+    moving = list(range(3, len(traces)))
+    step = {"mode": "immediate", "frame": {"duration": 0, "redraw": False}, "transition": {"duration": 0}}
+    layout = dict(
+        sliders=[{"active": angles.index(start), "len": 0.9, "x": 0.05, "pad": {"t": 10},
+                  "currentvalue": {"prefix": "view from azimuth ", "suffix": "°"},
+                  "steps": [{"label": f"{a:g}", "method": "animate", "args": [[f"{a:g}"], step]}
+                            for a in angles]}],
         xaxis={"range": [-1.3, 1.3], "visible": False},
         yaxis={"range": [-1.3, 1.3], "visible": False, "scaleanchor": "x"},
         showlegend=False, margin={"t": 80, "l": 10, "r": 10, "b": 10}, plot_bgcolor="white")
-    return fig
+    # Plain dicts, unvalidated: plotly's validation of the 36 views cost 5x the rest of the
+    # figure (the tests rebuild it with validation on, so a bad property still fails there).
+    return go.Figure(data=traces, layout=layout, _validate=False,
+                     frames=[{"name": f"{a:g}", "data": frame(a), "traces": moving} for a in angles])
 
 
 def cosine_histogram_figure(distributions: dict, title: str = "Loss-gradient cosine "
