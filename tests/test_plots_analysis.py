@@ -102,6 +102,9 @@ def test_directions_svg_frames_are_projections_of_the_true_directions():
 def test_directions_svg_handles_one_ray_and_a_zero_gradient():
     fig = pp.directions_3d_figure(np.ones((1, 1)), ["only"])
     assert len(fig.frames) == 36
+    ortho = pp.directions_3d_figure(np.eye(3), list("abc"), views=4, elevation=0)  # any plane fits
+    go.Figure(ortho.to_dict())
+    assert all(np.isfinite(d.x).all() for f in ortho.frames for d in f.data[:3])
     zero = np.diag([1.0, 0.0])  # the second model's gradient is zero
     fig = pp.directions_3d_figure(zero, ["a", "b"])
     assert "zero gradient" in next(t for t in fig.data if t.name == "b").text[1]
