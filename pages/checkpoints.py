@@ -86,7 +86,9 @@ with tab_compare:
     if tab_compare.open:  # only the chosen tab is computed
         names = list(paths)
         first = [n for n in state.PREFERRED[::-1] if n in names]  # ENS_U, PARL, then the rest
-        state.default(f"{K}ck_cmp", (first + [n for n in names if n not in first and "surrogate" not in n])[:5])
+        home = cache.metadata(paths[first[0]])["dataset"] if first else None  # one dataset
+        same = [n for n in names if home is None or cache.metadata(paths[n])["dataset"] == home]
+        state.default(f"{K}ck_cmp", (first + [n for n in same if n not in first and "surrogate" not in n])[:5])
         st.session_state[f"{K}ck_cmp"] = [n for n in st.session_state[f"{K}ck_cmp"] if n in names]
         chosen = st.multiselect("Checkpoints to compare", names, key=f"{K}ck_cmp")
         if chosen:
@@ -103,7 +105,7 @@ with tab_compare:
                        surrogate=None if sur.startswith("(") else str(paths[sur]))
             cka_key = {n: ("cka", compute.ref(paths[n]), ds, 450, 128, "minibatch") for n in chosen}
             rows, todo = [], []
-            for n in chosen:
+            for n in chosen if len(datasets) == 1 else []:
                 m = cache.metadata(paths[n])
                 ev = pc.cached_evaluation(str(paths[n]), **ekw)
                 ck = compute.stored(cka_key[n])

@@ -6,6 +6,7 @@ import parl_core as pc
 import parl_core.plots as pp
 from parl_core.cli import DEFAULT_ARCH
 from parl_core.data import TOY_2D
+from parl_core.download import SOURCES, download_cifar
 
 from dashboard import cache, config, jobs, methods, state, ui
 
@@ -39,6 +40,38 @@ def _unique_name(base: str) -> str:
     return name
 
 
+def offer_download(ds: str) -> None:
+    """A button that downloads a missing CIFAR set into the data root, with a progress bar
+    (not in classroom mode or with training switched off)."""
+    if config.readonly() or not config.training_allowed():
+        return
+    src = SOURCES[ds]
+    if not st.button(f"Download {src['label']} (≈{src['mb']} MB)", icon=":material/download:",
+                     key="tr_download", help=f"Fetches {src['url']}, checks its checksum and "
+                                             f"extracts `{src['folder']}` into the data folder."):
+        return
+    bar = st.progress(0.0, text=f"Connecting to {src['url']}…")
+    shown = [-1]
+
+    def show(done: int, total: int | None) -> None:
+        step = int(100 * done / total) if total else done // 10**6
+        if step != shown[0]:  # one update per percent (or MB), not per chunk
+            shown[0] = step
+            of = f" / {total / 1e6:.1f}" if total else ""
+            bar.progress(min(1.0, done / total) if total else 0.0,
+                         text=f"Downloading {src['label']}: {done / 1e6:.1f}{of} MB")
+
+    try:
+        download_cifar(ds, config.data_root(), progress=show)
+    except (OSError, ValueError) as e:  # ConnectionError (offline) is an OSError
+        bar.empty()
+        ui.show_error(f"The {src['label']} download failed", e,
+                      "Press the button again to resume, or install the folder by hand as described above.")
+        return
+    cache.load_dataset.clear()  # a split read before (e.g. an embedded sample) is stale now
+    st.rerun()
+
+
 def settings_form() -> tuple[jobs.TrainSettings | None, bool]:
     """The widgets; returns (settings or None if invalid, data available)."""
     state.default(f"{K}tr_dataset", "digits")
@@ -60,6 +93,7 @@ def settings_form() -> tuple[jobs.TrainSettings | None, bool]:
     available = cache.dataset_available(ds)
     if not available:
         ui.show_error(f"The {ds} data is not on this server", "Its folder was not found.", cache.data_hint(ds))
+        offer_download(ds)
     in_ch = 3 if ds.startswith("cifar") else (2 if ds in TOY_2D else 1)
     params = methods.param_widgets(method, _n_layers(arch, in_ch))
     c = st.columns(5)

@@ -4,7 +4,7 @@ Public API (DESIGN §4); every name below is stable.
 """
 __version__ = "0.1.0"
 
-from .data import Dataset, load_dataset, default_eps_grid, augment_batch, DATASETS, TOY_2D  # noqa: E402
+from .data import Dataset, load_dataset, default_eps_grid, augment_batch, evaluation_subset, DATASETS, TOY_2D  # noqa: E402
 from .models import build_model, ARCHS  # noqa: E402
 from .ensemble import Ensemble  # noqa: E402
 from .layergrad import layer_gradients  # noqa: E402
@@ -14,5 +14,6 @@ from .checkpoints import save_checkpoint, load_checkpoint, read_metadata, file_h
 from .baselines import adp_loss, gal_loss, dverge_distill  # noqa: E402
 from .gradients import input_gradients, gradient_cosines, cosine_to_angle, cosine_distribution, embed_directions  # noqa: E402
 from .cka import linear_cka, unbiased_cka, minibatch_cka, layerwise_cka, ensemble_cka  # noqa: E402
-from .evaluate import attack, attack_restarts, ATTACKS, robustness_curve, transferability_matrix, evaluate_checkpoint, cached_evaluation, RobustnessResult, wilson_interval  # noqa: E402
+from .evaluate import attack, attack_restarts, ATTACKS, robustness_curve, transferability_matrix, RobustnessResult, wilson_interval  # noqa: E402
+from .checkpoint_eval import evaluate_checkpoint, evaluate_checkpoints, cached_evaluation  # noqa: E402
 from .playground import PlaygroundConfig, PlaygroundSession, playground_methods  # noqa: E402

@@ -53,6 +53,7 @@ class _Spec:
     bounds: tuple | None
     loss: str
     early_stop: bool
+    first_restart: int = 0  # absolute index of restart 0 (a pass over restarts r0, r0+1, ...)
 
 
 # --------------------------------------------------------------------------- validation
@@ -156,7 +157,7 @@ def _layout(spec: _Spec, x: torch.Tensor):
         for r in range(r_n):
             for i, e in enumerate(spec.eps):
                 # Seeded alike for every ε: batched ε values draw what separate calls would.
-                g = torch.Generator().manual_seed(_restart_seed(spec.seed, r))
+                g = torch.Generator().manual_seed(_restart_seed(spec.seed, spec.first_restart + r))
                 x0[i, r] += torch.empty(x.shape, dtype=x.dtype).uniform_(-e, e, generator=g).to(x.device)
         x0 = _project(x0.view(rows, *shape), lo, hi, spec.bounds)
     return x0, lo, hi, alpha
@@ -256,10 +257,13 @@ def _frozen_copy(model):
 
 
 def _run(name, model, x, y, eps, steps, step_size, restarts, decay, seed, bounds, loss,
-         early_stop, record_path=False, tick=None, cancel=None, score=False):
+         early_stop, record_path=False, tick=None, cancel=None, score=False, first_restart=0):
     """Validate, craft on an eval-mode copy (or the model itself in eval mode, modes
     restored after, when it cannot be copied); outputs on x's device."""
     spec = _spec(name, eps, steps, step_size, restarts, decay, seed, bounds, loss, early_stop)
+    if not isinstance(first_restart, int) or first_restart < 0:
+        raise ValueError(f"first_restart must be an int >= 0, got {first_restart!r}")
+    spec.first_restart = first_restart if spec.name == "pgd" else 0
     _check_data(model, x, y, spec.bounds)
     device = _model_device(model)
     work = _frozen_copy(model)
@@ -317,13 +321,16 @@ def attack(name, model, x, y, eps, steps=50, step_size=None, restarts=1, decay=0
 
 def attack_restarts(name, model, x, y, eps, steps=50, step_size=None, restarts=1, decay=0.01,
                     seed=0, bounds=(0.0, 1.0), *, loss="ensemble", early_stop=False,
-                    on_step=None, cancel=None):
+                    on_step=None, cancel=None, first_restart=0):
     """Every restart's adversarial examples: (R, N, ...) for one eps, (E, R, N, ...) for a list.
 
     Same arguments as `attack`. An evaluation counts an example as robust only if the
     scored model classifies every restart's example correctly (DESIGN §3). FGSM, BIM and
-    MIM are deterministic, so they return R = 1.
+    MIM are deterministic, so they return R = 1. first_restart: PGD's restarts are
+    first_restart … first_restart + restarts − 1 of the same seed, so an evaluation split
+    into passes over restarts draws exactly the starts of one pass over all of them.
     """
     _, (adv, _, _, _) = _run(name, model, x, y, eps, steps, step_size, restarts, decay, seed,
-                             bounds, loss, early_stop, False, on_step, cancel)
+                             bounds, loss, early_stop, False, on_step, cancel,
+                             first_restart=first_restart)
     return adv[0] if isinstance(eps, Real) else adv

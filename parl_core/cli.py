@@ -4,6 +4,11 @@
             Ctrl-C stops cleanly and keeps the last finished epoch; --resume continues
             an interrupted run exactly.
   info      a checkpoint's metadata, history summary and accuracy.
+  evaluate  robustness of checkpoints under attack (parl_core.cli_evaluate).
+  data      download CIFAR-10/100 into the data root (parl_core.download).
+
+Progress goes to stderr: a bar on a terminal, plain lines in a log file; --quiet hides
+the progress but keeps the per-epoch lines. --threads N sets torch's CPU threads.
 """
 from __future__ import annotations
 
@@ -18,9 +23,12 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .cli_evaluate import add_evaluate
+from .download import add_data_command
 from .checkpoints import load_checkpoint, read_metadata, sanitize_name, save_checkpoint
 from .data import DATASETS, TOY_2D, load_dataset
 from .losses import METHODS, method_label
+from .progress import Progress
 from .train import SCHEDULES, build_ensemble, evaluate_accuracy, train, training_meta
 
 DEFAULT_ARCH = {"digits": "smallcnn", "cifar10": "resnet20", "cifar100": "resnet20",
@@ -56,8 +64,8 @@ def _method_params(args) -> dict:
     return params
 
 
-def _add_train(sub):
-    p = sub.add_parser("train", help="train an ensemble and save a checkpoint",
+def _add_train(sub, common):
+    p = sub.add_parser("train", parents=[common], help="train an ensemble and save a checkpoint",
                        description="Train an ensemble; a checkpoint is written after every epoch.")
     p.add_argument("--dataset", default="digits", choices=DATASETS)
     p.add_argument("--data-root", default=None, help="folder holding the CIFAR folders")
@@ -85,7 +93,8 @@ def _add_train(sub):
     p.add_argument("--out", default=None, help="checkpoint path (default checkpoints/<name>.safetensors)")
     p.add_argument("--force", action="store_true", help="overwrite an existing checkpoint")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run at --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar or progress lines (the per-epoch lines stay)")
     p.set_defaults(func=cmd_train)
 
 
@@ -144,12 +153,11 @@ def cmd_train(args) -> int:
     meta_kw = dict(method=args.method, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
                    lr=args.lr, schedule=args.schedule, augment=not args.no_augment,
                    train_subset=args.train_subset, command=command, init=args.init)
-    bar = None if args.quiet else _ProgressBar()
+    prog = Progress("train", quiet=args.quiet)
     stop = threading.Event()
 
     def on_progress(ev):
-        if bar:
-            bar(ev)
+        _show_progress(prog, ev)
         if ev["event"] == "epoch":  # save every finished epoch: nothing finished is ever lost
             save_checkpoint(out, ens, training_meta(train_ds, ev["state"]["history"],
                                                     params=params_used, **meta_kw))
@@ -168,8 +176,7 @@ def cmd_train(args) -> int:
                      resume=resume, **params)
     finally:
         signal.signal(signal.SIGINT, old)
-        if bar:
-            bar.close()
+        prog.close()
     if hist.cancelled:
         print(f"interrupted after {len(hist)} finished epoch(s); {out} holds epoch {len(hist)}. "
               f"Continue with the same command and --resume.", file=sys.stderr)
@@ -182,30 +189,19 @@ def cmd_train(args) -> int:
     return 0
 
 
-class _ProgressBar:
-    """tqdm over all steps of the run, with the epoch summary printed as it finishes."""
-
-    def __init__(self):
-        self.bar = None
-
-    def __call__(self, ev):
-        from tqdm import tqdm
-        if ev["event"] == "start":
-            self.bar = tqdm(total=ev["total_steps"], initial=ev["global_step"], unit="step",
-                            dynamic_ncols=True, file=sys.stderr)
-        elif ev["event"] == "step" and self.bar is not None:
-            self.bar.update(ev["global_step"] - self.bar.n)
-            self.bar.set_postfix(epoch=f"{ev['epoch']}/{ev['epochs']}", loss=f"{ev['loss']:.3f}")
-        elif ev["event"] == "epoch" and self.bar is not None:
-            r = ev["record"]
-            acc = r.get("test_acc")
-            self.bar.write(f"epoch {r['epoch']}: loss {r['loss']:.4f}"
-                           + (f", test acc {acc:.4f}" if acc is not None else "")
-                           + f", R/K {r['r_mean']:.4f}, {r['time']:.1f}s")
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
+def _show_progress(prog: Progress, ev: dict) -> None:
+    """Training events -> the progress display; every finished epoch gets its line."""
+    if ev["event"] == "start":
+        prog.start(ev["total_steps"], ev["global_step"])
+    elif ev["event"] == "step":
+        prog.update_to(ev["global_step"], epoch=f"{ev['epoch']}/{ev['epochs']}",
+                       loss=f"{ev['loss']:.3f}")
+    elif ev["event"] == "epoch":
+        r = ev["record"]
+        acc = r.get("test_acc")
+        prog.note(f"epoch {r['epoch']}: loss {r['loss']:.4f}"
+                  + (f", test acc {acc:.4f}" if acc is not None else "")
+                  + f", R/K {r['r_mean']:.4f}, {r['time']:.1f}s")
 
 
 def _add_info(sub):
@@ -253,85 +249,23 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _add_evaluate(sub):
-    from .attacks import ATTACKS
-    p = sub.add_parser("evaluate", help="accuracy under FGSM/BIM/MIM/PGD over a grid of eps",
-                       description="Robustness of a checkpoint: white-box, or black-box (transfer) "
-                                   "from --surrogate. Defaults follow the paper: 1000 test examples, "
-                                   "50 steps of eps/5, MIM decay 0.01, 10 PGD restarts.")
-    p.add_argument("checkpoint")
-    p.add_argument("--surrogate", default=None, metavar="CKPT",
-                   help="craft the examples on this ensemble (black-box transfer)")
-    p.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated subset of "
-                   f"{','.join(ATTACKS)}")
-    p.add_argument("--eps", default=None, help="comma-separated eps (default: the dataset's grid)")
-    p.add_argument("--n", type=int, default=1000, help="test examples, sampled with --seed")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--step-size", type=float, default=None, help="default eps/5")
-    p.add_argument("--restarts", type=int, default=10, help="PGD random restarts")
-    p.add_argument("--decay", type=float, default=0.01, help="MIM momentum decay")
-    p.add_argument("--loss", default="ensemble", choices=("ensemble", "members"),
-                   help="CE of the log-mean-softmax, or the mean of the members' CE")
-    p.add_argument("--early-stop", action="store_true",
-                   help="white-box: stop attacking examples already misclassified")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=None, help="adversarial rows per pass")
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--no-cache", action="store_true", help="recompute and do not write the cache")
-    p.add_argument("--csv", default=None, help="write the table as CSV")
-    p.add_argument("--json", default=None, help="write table, checks and settings as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_evaluate)
-
-
-def cmd_evaluate(args) -> int:
-    from tqdm import tqdm
-    from .evaluate import evaluate_checkpoint
-    bar, stop = None, threading.Event()
-
-    def on_progress(ev):
-        nonlocal bar
-        if args.quiet:
-            return
-        if bar is None:
-            bar = tqdm(total=ev["total"], unit="step", unit_scale=True, dynamic_ncols=True,
-                       file=sys.stderr, desc=ev["mode"])
-        bar.update(ev["done"] - bar.n)
-        bar.set_postfix(attack=ev["attack"] or "-")
-
-    try:
-        eps = [float(v) for v in args.eps.split(",") if v.strip()] if args.eps else None
-    except ValueError:
-        raise SystemExit(f"--eps expects comma-separated numbers, got {args.eps!r}") from None
-    kw = dict(surrogate=args.surrogate, n_examples=args.n, seed=args.seed,
-              attacks=[a.strip() for a in args.attacks.split(",") if a.strip()], eps=eps, steps=args.steps,
-              step_size=args.step_size, restarts=args.restarts, decay=args.decay,
-              early_stop=args.early_stop, loss=args.loss, batch_size=args.batch_size)
-    old = signal.signal(signal.SIGINT, lambda *_: stop.set())
-    try:
-        res = evaluate_checkpoint(args.checkpoint, data_root=args.data_root, device=args.device,
-                                  cache=not args.no_cache, on_progress=on_progress, cancel=stop, **kw)
-    finally:
-        signal.signal(signal.SIGINT, old)
-        if bar is not None:
-            bar.close()
-    print(res.summary())
-    if args.csv:
-        res.to_csv(args.csv)
-    if args.json:
-        res.to_json(args.json)
-    return 130 if res.cancelled else 0
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m parl_core",
                                      description=f"PARL Lab {__version__}: ensembles, attacks, diversity")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_train(sub)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch CPU threads (default: torch's choice, usually all cores)")
+    _add_train(sub, common)
     _add_info(sub)
-    _add_evaluate(sub)
+    add_evaluate(sub, common)
+    add_data_command(sub)
     args = parser.parse_args(argv)
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        if threads < 1:
+            parser.error(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError) as e:

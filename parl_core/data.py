@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 __all__ = ["Dataset", "load_dataset", "DATASETS", "TOY_2D", "default_eps_grid",
-           "augment_batch", "find_data_root", "cifar_available"]
+           "augment_batch", "find_data_root", "cifar_available", "evaluation_order",
+           "evaluation_subset", "SAMPLE_PATH"]
 
 TOY_2D = ("moons", "circles", "blobs", "xor", "spiral")
 DATASETS = ("digits", "cifar10", "cifar100") + TOY_2D
@@ -114,7 +115,9 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
       `cifar-10-batches-py` or `cifar-100-python`.
     n_samples, noise, seed: size, noise and seed of the 2-D sets (the test split is
       drawn from the same distribution with seed+1).
-    download: for CIFAR, try torchvision's downloader when the folder is absent.
+    download: for CIFAR, download the folder when absent (`parl_core.download`).
+    CIFAR-10's test split falls back to the embedded 1,000-image sample when its folder
+    is absent (info["source"] says which set was read).
     """
     _check_name(name)
     _check_split(split)
@@ -188,9 +191,9 @@ def _load_2d(name: str, split: str, *, n_samples: int, noise: float | None, seed
 _CIFAR = {
     "cifar10": {"folder": "cifar-10-batches-py", "meta": "batches.meta", "names": "label_names",
                 "train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"],
-                "labels": "labels", "tv": "CIFAR10"},
+                "labels": "labels"},
     "cifar100": {"folder": "cifar-100-python", "meta": "meta", "names": "fine_label_names",
-                 "train": ["train"], "test": ["test"], "labels": "fine_labels", "tv": "CIFAR100"},
+                 "train": ["train"], "test": ["test"], "labels": "fine_labels"},
 }
 # Published per-channel statistics of the CIFAR training sets (kept fixed so that a
 # partial copy of the data gives the same model normalisation as the full one).
@@ -235,17 +238,10 @@ def _unpickle_cifar(path: Path) -> dict:
     return d
 
 
-def _load_cifar(name: str, split: str, root, *, download: bool) -> Dataset:
+def _read_cifar_folder(name: str, folder: Path, split: str):
+    """(images uint8 (N, 3, 32, 32), labels int64 (N,), class names, files read) of a
+    canonical CIFAR folder: the batches of `split` that are present."""
     spec = _CIFAR[name]
-    base = find_data_root(root)
-    folder = base / spec["folder"]
-    if not folder.is_dir() and download:
-        _download_cifar(name, base)
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"{name}: folder {folder} not found. Place the canonical python-version folder "
-            f"'{spec['folder']}' (from https://www.cs.toronto.edu/~kriz/cifar.html) under "
-            f"{base.resolve()}, or pass root=... / set ${CIFAR_ENV} to its parent folder.")
     files = [folder / f for f in spec[split] if (folder / f).is_file()]
     if not files:
         raise FileNotFoundError(f"{name}: no {split} batch in {folder} "
@@ -270,27 +266,94 @@ def _load_cifar(name: str, split: str, root, *, download: bool) -> Dataset:
     classes = [str(i) for i in range(n_classes)]
     if meta_path.is_file():
         meta = _unpickle_cifar(meta_path)
-        classes = list(meta.get(spec["names"], classes))
+        classes = [str(c) for c in meta.get(spec["names"], classes)]
     y = np.concatenate(ys)
     if y.min() < 0 or y.max() >= n_classes:
         raise ValueError(f"{name}: labels out of range 0..{n_classes - 1} in {folder}")
-    # Kept as uint8 until here: converting once is faster than per-batch casts.
-    x = torch.from_numpy(np.concatenate(xs)).float().div_(255.0)
+    return np.concatenate(xs), y, classes, files
+
+
+def _load_cifar(name: str, split: str, root, *, download: bool) -> Dataset:
+    spec = _CIFAR[name]
+    base = find_data_root(root)
+    folder = base / spec["folder"]
+    if not folder.is_dir() and download:
+        from .download import download_cifar
+        download_cifar(name, base)
     mean, std = _CIFAR_STATS[name]
+    if not folder.is_dir() and split == "test" and name in _SAMPLES:
+        return _load_sample(name, mean, std, missing=folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"{name}: folder {folder} not found. Run `python -m parl_core data {name}` to "
+            f"download it, or place the canonical python-version folder '{spec['folder']}' (from "
+            f"https://www.cs.toronto.edu/~kriz/cifar.html) under {base.resolve()}, or pass "
+            f"root=... / set ${CIFAR_ENV} to its parent folder.")
+    x, y, classes, files = _read_cifar_folder(name, folder, split)
+    # Kept as uint8 until here: converting once is faster than per-batch casts.
+    x = torch.from_numpy(x).float().div_(255.0)
     info = {"batches": [f.name for f in files], "n_batches": len(files),
-            "expected_batches": len(spec[split]), "root": str(base)}
+            "expected_batches": len(spec[split]), "root": str(base),
+            "source": f"{folder} ({', '.join(f.name for f in files)})"}
     return Dataset(name, split, x, torch.from_numpy(y), classes, list(mean), list(std), info)
 
 
-def _download_cifar(name: str, base: Path) -> None:
-    try:
-        import torchvision.datasets as tvd  # optional; needs a working torchvision
-    except Exception as e:
-        raise FileNotFoundError(
-            f"{name}: download needs torchvision, which does not import here ({e}). Place the "
-            f"folder '{_CIFAR[name]['folder']}' under {base.resolve()} by hand.") from e
-    base.mkdir(parents=True, exist_ok=True)
-    getattr(tvd, _CIFAR[name]["tv"])(str(base), train=True, download=True)
+# --------------------------------------------------------------------------- embedded sample
+SAMPLE_PATH = Path(__file__).parent / "assets" / "cifar10_test_sample.npz"
+_SAMPLES = {"cifar10": SAMPLE_PATH}
+
+
+def _load_sample(name: str, mean, std, *, missing: Path) -> Dataset:
+    """The embedded test sample (scripts/make_cifar_sample.py): used when the test folder is
+    absent, so shipped CIFAR checkpoints open on a fresh clone. Its images are the first
+    ones of `evaluation_order` of the full test set, so evaluation subsets agree."""
+    path = _SAMPLES[name]
+    if not path.is_file():
+        raise FileNotFoundError(f"{name}: neither the folder {missing} nor the embedded sample "
+                                f"{path} was found")
+    with np.load(path, allow_pickle=False) as z:
+        x, y, idx = z["images"], z["labels"].astype(np.int64), z["indices"].astype(np.int64)
+        classes, prov = [str(c) for c in z["classes"]], str(z["provenance"])
+    info = {"source": f"embedded sample of {len(y)} test images ({path.name}; {missing} not found)",
+            "sample": True, "indices": idx.tolist(), "provenance": prov}
+    return Dataset(name, "test", torch.from_numpy(x).float().div_(255.0), torch.from_numpy(y),
+                   classes, list(mean), list(std), info)
+
+
+def evaluation_order(labels, seed: int = 0) -> np.ndarray:
+    """The canonical order in which every evaluation takes test examples: a seeded
+    permutation, interleaved by class (the first example of each class in class order,
+    then the second of each, ...). Any prefix is as balanced as the classes allow, and the
+    first n examples are the same for every checkpoint, method and page, so numbers compare."""
+    labels = np.asarray(labels)
+    perm = np.random.default_rng(seed).permutation(len(labels))
+    lab = labels[perm]
+    rank = np.empty(len(perm), dtype=np.int64)  # position of each example within its class
+    for c in np.unique(lab):
+        where = np.flatnonzero(lab == c)
+        rank[where] = np.arange(len(where))
+    return perm[np.lexsort((lab, rank))].astype(np.int64)
+
+
+def evaluation_subset(ds: Dataset, n: int | None) -> Dataset:
+    """The first n examples of `ds` in `evaluation_order` (all when n is None or >= N).
+
+    info["indices"] records each example's index in the full test split (the embedded
+    sample keeps the indices it was cut from); info["note"] says when fewer than n
+    examples were available."""
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ValueError(f"n must be None or an int >= 1, got {n!r}")
+    if ds.info.get("sample"):
+        order, full = np.arange(len(ds)), np.asarray(ds.info["indices"])  # already in order
+    else:
+        order, full = evaluation_order(ds.labels.numpy()), np.arange(len(ds))
+    take = order if n is None else order[:n]
+    info = {k: v for k, v in ds.info.items() if k != "indices"}
+    info.update(indices=full[take].tolist(), subset=len(take))
+    if n is not None and n > len(ds):
+        info["note"] = f"{n} examples asked, {len(ds)} available: all {len(ds)} used"
+    t = torch.from_numpy(take)
+    return Dataset(ds.name, ds.split, ds.images[t], ds.labels[t], ds.classes, ds.mean, ds.std, info)
 
 
 # --------------------------------------------------------------------------- augmentation

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 import parl_core as pc
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 from parl_core.data import augment_batch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -64,8 +66,10 @@ def test_cifar_synthetic_reads_present_batches(tmp_path):
 
 
 def test_cifar_missing_corrupt_and_wrong_shape(tmp_path):
-    with pytest.raises(FileNotFoundError, match="cifar-10-batches-py"):
-        pc.load_dataset("cifar10", "test", root=tmp_path)
+    with pytest.raises(FileNotFoundError, match="cifar-10-batches-py.*python -m parl_core data"):
+        pc.load_dataset("cifar10", "train", root=tmp_path)
+    with pytest.raises(FileNotFoundError, match="cifar-100-python"):
+        pc.load_dataset("cifar100", "test", root=tmp_path)  # no embedded CIFAR-100 sample
     _write_cifar(tmp_path / "cifar-10-batches-py", bad="test_batch")
     with pytest.raises(ValueError, match="test_batch.*uint8 N x 3072"):
         pc.load_dataset("cifar10", "test", root=tmp_path)
@@ -111,3 +115,43 @@ def test_augment_batch_is_a_crop_and_flip():
     # every output pixel is either padding (0) or a pixel of the same image
     for i in range(2):
         assert set(a[i].flatten().tolist()) <= set(x[i].flatten().tolist()) | {0.0}
+
+
+# --------------------------------------------------------------------------- embedded sample, evaluation order
+def test_cifar10_test_falls_back_to_the_embedded_sample(tmp_path):
+    ds = pc.load_dataset("cifar10", "test", root=tmp_path)
+    assert ds.images.shape == (1000, 3, 32, 32) and ds.images.dtype == torch.float32
+    assert 0 <= ds.images.min() and ds.images.max() <= 1
+    assert np.bincount(ds.labels.numpy()).tolist() == [100] * 10
+    assert ds.classes[:3] == ["airplane", "automobile", "bird"]
+    assert "embedded sample of 1000" in ds.info["source"] and "JPEG" in ds.info["provenance"]
+    assert ds.mean == pytest.approx([0.4914, 0.4822, 0.4465])  # the model normalisation is unchanged
+
+
+def test_evaluation_order_is_class_interleaved_and_seeded():
+    labels = np.repeat(np.arange(4), [5, 3, 7, 5])
+    order = pc.data.evaluation_order(labels)
+    assert sorted(order.tolist()) == list(range(len(labels)))  # a permutation
+    assert labels[order[:12]].tolist() == [0, 1, 2, 3] * 3  # balanced prefixes
+    assert (pc.data.evaluation_order(labels) == order).all()
+    assert not (pc.data.evaluation_order(labels, seed=1) == order).all()
+
+
+def test_evaluation_subset_records_indices_and_is_nested():
+    test = pc.load_dataset("digits", "test")
+    a, b = pc.evaluation_subset(test, 40), pc.evaluation_subset(test, 100)
+    assert a.info["indices"] == b.info["indices"][:40]  # the first n are the same for every n
+    torch.testing.assert_close(a.images, test.images[a.info["indices"]])
+    big = pc.evaluation_subset(test, 10_000)
+    assert len(big) == len(test) and "450 available" in big.info["note"]
+    with pytest.raises(ValueError, match="n must be"):
+        pc.evaluation_subset(test, 0)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "cifar-10-batches-py").is_dir(),
+                    reason="../shared/data (the team's CIFAR-10 subset) is not beside this checkout")
+def test_sample_is_the_first_thousand_of_the_full_test_sets_order(tmp_path):
+    full = pc.evaluation_subset(pc.load_dataset("cifar10", "test", root=SHARED_DATA), 1000)
+    sample = pc.evaluation_subset(pc.load_dataset("cifar10", "test", root=tmp_path), 1000)
+    assert full.info["indices"] == sample.info["indices"]
+    assert torch.equal(full.images, sample.images) and torch.equal(full.labels, sample.labels)

@@ -14,6 +14,7 @@ import torch.nn as nn
 
 import parl_core as pc
 from parl_core import evaluate as ev
+from parl_core import sanity
 from parl_core.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,10 +131,10 @@ def test_monotone_check_catches_a_rise():
     rows = [{"attack": "clean", "eps": 0.0, "acc": 0.9, "correct": 90, "n": 100, "ci_high": 0.95},
             {"attack": "pgd", "eps": 0.1, "acc": 0.1, "correct": 10, "n": 100},
             {"attack": "pgd", "eps": 0.2, "acc": 0.5, "correct": 50, "n": 100}]
-    c = ev._check_monotone(pd.DataFrame(rows))
+    c = sanity._check_monotone(pd.DataFrame(rows))
     assert not c["ok"] and "0.1→0.2" in c["detail"]
     rows[2].update(acc=0.12, correct=12)  # within noise
-    assert ev._check_monotone(pd.DataFrame(rows))["ok"]
+    assert sanity._check_monotone(pd.DataFrame(rows))["ok"]
 
 
 def test_json_csv_roundtrip(white, tmp_path):

@@ -1,0 +1,103 @@
+"""`python -m parl_core evaluate`: robustness of one or more checkpoints, from the command line."""
+from __future__ import annotations
+
+import signal
+import threading
+
+from .attacks import ATTACKS
+from .progress import Progress
+
+
+def add_evaluate(sub, common):
+    p = sub.add_parser(
+        "evaluate", parents=[common], help="accuracy under FGSM/BIM/MIM/PGD over a grid of eps",
+        description="Robustness of checkpoints: white-box, or black-box (transfer) from "
+                    "--surrogate, whose examples are crafted once and scored on every target. "
+                    "Every checkpoint of a dataset is evaluated on the same test examples (the "
+                    "first --n of the canonical evaluation order). Defaults follow the paper: "
+                    "1000 test examples, 50 steps of eps/5, MIM decay 0.01, 10 PGD restarts.")
+    p.add_argument("checkpoint", nargs="*", help="target checkpoint(s)")
+    p.add_argument("--target", action="append", default=[], metavar="CKPT",
+                   help="another target checkpoint (repeatable)")
+    p.add_argument("--surrogate", default=None, metavar="CKPT",
+                   help="craft the examples on this ensemble (black-box transfer)")
+    p.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated subset of "
+                   f"{','.join(ATTACKS)}")
+    p.add_argument("--eps", default=None, help="comma-separated eps (default: the dataset's grid)")
+    p.add_argument("--n", type=int, default=1000, help="test examples (the canonical first n)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--step-size", type=float, default=None, help="default eps/5")
+    p.add_argument("--restarts", type=int, default=10, help="PGD random restarts")
+    p.add_argument("--decay", type=float, default=0.01, help="MIM momentum decay")
+    p.add_argument("--loss", default="ensemble", choices=("ensemble", "members"),
+                   help="CE of the log-mean-softmax, or the mean of the members' CE")
+    p.add_argument("--early-stop", action="store_true",
+                   help="white-box: stop attacking examples already misclassified")
+    p.add_argument("--seed", type=int, default=0, help="PGD's random starts")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="at most this many adversarial rows per pass (default: sized from the "
+                        "model and free memory; changes memory and speed, never the result)")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--no-cache", action="store_true", help="recompute and do not write the cache")
+    p.add_argument("--csv", default=None, help="write the table as CSV (several targets: one "
+                   "file, with a 'checkpoint' column)")
+    p.add_argument("--json", default=None, help="write table, checks and settings as JSON "
+                   "(several targets: a list)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args) -> int:
+    import json
+
+    import pandas as pd
+
+    from .checkpoint_eval import evaluate_checkpoints
+    targets = list(args.checkpoint) + list(args.target)
+    if not targets:
+        raise SystemExit("evaluate: give at least one checkpoint (positional or --target)")
+    try:
+        eps = [float(v) for v in args.eps.split(",") if v.strip()] if args.eps else None
+    except ValueError:
+        raise SystemExit(f"--eps expects comma-separated numbers, got {args.eps!r}") from None
+    prog, stop = Progress("black-box" if args.surrogate else "white-box", quiet=args.quiet), \
+        threading.Event()
+
+    def on_progress(ev):
+        if ev["event"] == "start":
+            prog.desc = ev["mode"]
+            prog.start(ev["total"])
+        elif ev["event"] == "progress":
+            prog.update_to(ev["done"], attack=ev["attack"] or "-")
+        elif ev["event"] == "attack" and not args.quiet:
+            prog.note(f"{ev['mode']}: {ev['attack']} done ({100 * ev['done'] / ev['total']:.0f}% "
+                      f"of the work, {ev['elapsed']:.0f}s)")
+
+    kw = dict(surrogate=args.surrogate, n_examples=args.n, seed=args.seed,
+              attacks=[a.strip() for a in args.attacks.split(",") if a.strip()], eps=eps,
+              steps=args.steps, step_size=args.step_size, restarts=args.restarts,
+              decay=args.decay, early_stop=args.early_stop, loss=args.loss,
+              batch_size=args.batch_size)
+    old = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        results = evaluate_checkpoints(targets, data_root=args.data_root, device=args.device,
+                                       cache=not args.no_cache, on_progress=on_progress,
+                                       cancel=stop, **kw)
+    finally:
+        signal.signal(signal.SIGINT, old)
+        prog.close()
+    print("\n\n".join(r.summary() for r in results))
+    if args.csv:
+        if len(results) == 1:
+            results[0].to_csv(args.csv)
+        else:
+            pd.concat([r.table.assign(checkpoint=t) for r, t in zip(results, targets)]) \
+                .to_csv(args.csv, index=False)
+    if args.json:
+        if len(results) == 1:
+            results[0].to_json(args.json)
+        else:
+            with open(args.json, "w") as f:
+                json.dump([json.loads(r.to_json()) for r in results], f, indent=1)
+    return 130 if any(r.cancelled for r in results) else 0
