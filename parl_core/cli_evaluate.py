@@ -56,7 +56,7 @@ def cmd_evaluate(args) -> int:
     from .checkpoint_eval import evaluate_checkpoints
     targets = list(args.checkpoint) + list(args.target)
     if not targets:
-        raise SystemExit("evaluate: give at least one checkpoint (positional or --target)")
+        raise ValueError("evaluate: give at least one checkpoint (positional or --target)")
     try:
         eps = [float(v) for v in args.eps.split(",") if v.strip()] if args.eps else None
     except ValueError:

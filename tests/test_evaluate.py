@@ -14,7 +14,7 @@ import torch.nn as nn
 
 import parl_core as pc
 from parl_core import evaluate as ev
-from parl_core import sanity
+from parl_core import checkpoint_eval, sanity
 from parl_core.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,7 +186,7 @@ def test_evaluate_checkpoint_caches(ckpts, monkeypatch):
     res = pc.evaluate_checkpoint(target, **kw)
     assert res.settings["dataset"] == "digits" and res.settings["mode"] == "black-box"
     assert len(list((ckpts / ".cache").glob("*.json"))) == 1
-    monkeypatch.setattr(ev, "robustness_curve", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(checkpoint_eval, "robustness_curve", lambda *a, **k: pytest.fail("recomputed"))
     hit = pc.cached_evaluation(target, **kw)
     pd.testing.assert_frame_equal(hit.table, res.table)
     pd.testing.assert_frame_equal(pc.evaluate_checkpoint(target, **kw).table, res.table)
