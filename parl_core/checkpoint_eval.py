@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .attacks import ATTACKS
-from .evaluate import RobustnessResult, _validate, robustness_curve
+from .evaluate import RobustnessResult, _validate, resolve_restart_select, robustness_curve
 
 __all__ = ["evaluate_checkpoint", "evaluate_checkpoints", "cached_evaluation", "evaluation_data"]
 
@@ -53,7 +53,7 @@ def _evaluation_data(dataset, n, root, _stamp, extra):
 
 
 def _resolve(path, surrogate, n_examples, seed, attacks, eps, steps, step_size, restarts, decay,
-             early_stop, loss, batch_size, data_root) -> tuple[dict, Path]:
+             early_stop, loss, batch_size, data_root, restart_select=None) -> tuple[dict, Path]:
     """The settings that identify an evaluation and its cache file (no weights loaded)."""
     from .checkpoints import file_hash, read_metadata
     from .data import default_eps_grid
@@ -74,8 +74,9 @@ def _resolve(path, surrogate, n_examples, seed, attacks, eps, steps, step_size, 
            "surrogate_hash": file_hash(surrogate) if surrogate is not None else None,
            "n_examples": n_examples, "data_fingerprint": fingerprint, "seed": seed,
            "attacks": list(attacks), "eps": [float(e) for e in eps], "steps": steps,
-           "step_size": step_size, "restarts": restarts, "decay": decay,
-           "early_stop": early_stop, "loss": loss, "cache_version": CACHE_VERSION}
+           "step_size": step_size, "restarts": restarts,
+           "restart_select": resolve_restart_select(restart_select, surrogate is not None),
+           "decay": decay, "early_stop": early_stop, "loss": loss, "cache_version": CACHE_VERSION}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     path = Path(path)
     return {**key, "meta": meta, "smeta": smeta}, path.parent / ".cache" / f"eval_{path.stem}_{digest}.json"
@@ -84,7 +85,8 @@ def _resolve(path, surrogate, n_examples, seed, attacks, eps, steps, step_size, 
 def evaluate_checkpoints(paths, *, surrogate=None, n_examples=1000, seed=0, attacks=ATTACKS,
                          eps=None, steps=50, step_size=None, restarts=1, decay=0.01,
                          early_stop=False, loss="ensemble", batch_size=None, data_root=None,
-                         device=None, cache=True, on_progress=None, cancel=None) -> list:
+                         device=None, cache=True, on_progress=None, cancel=None,
+                         restart_select=None) -> list:
     """Evaluate every checkpoint in `paths` -> one RobustnessResult each, in order.
 
     Black-box (a surrogate checkpoint path): the examples are crafted on the surrogate
@@ -95,7 +97,7 @@ def evaluate_checkpoints(paths, *, surrogate=None, n_examples=1000, seed=0, atta
     if not paths:
         raise ValueError("paths: give at least one checkpoint")
     args = (surrogate, n_examples, seed, attacks, eps, steps, step_size, restarts, decay,
-            early_stop, loss, batch_size, data_root)
+            early_stop, loss, batch_size, data_root, restart_select)
     resolved = [_resolve(p, *args) for p in paths]
     out = [RobustnessResult.from_json(f) if cache and f.is_file() else None for _, f in resolved]
     todo = [i for i, r in enumerate(out) if r is None]
@@ -112,7 +114,7 @@ def evaluate_checkpoints(paths, *, surrogate=None, n_examples=1000, seed=0, atta
                            eps=key0["eps"], surrogate=sur, steps=steps, step_size=step_size,
                            restarts=restarts, decay=decay, seed=seed, bounds=test.bounds, loss=loss,
                            early_stop=early_stop, batch_size=batch_size, on_progress=on_progress,
-                           cancel=cancel)
+                           cancel=cancel, restart_select=key0["restart_select"])
     for i, r in zip(todo, res):
         key, file = resolved[i]
         r.settings.update({k: v for k, v in key.items() if k not in ("meta", "smeta")})
@@ -136,12 +138,14 @@ def evaluate_checkpoints(paths, *, surrogate=None, n_examples=1000, seed=0, atta
 def evaluate_checkpoint(path, *, surrogate=None, n_examples=1000, seed=0, attacks=ATTACKS, eps=None,
                         steps=50, step_size=None, restarts=1, decay=0.01, early_stop=False,
                         loss="ensemble", batch_size=None, data_root=None, device=None, cache=True,
-                        on_progress=None, cancel=None) -> RobustnessResult:
+                        on_progress=None, cancel=None, restart_select=None) -> RobustnessResult:
     """Evaluate the ensemble in checkpoint `path` (black-box from `surrogate`, a checkpoint
     path, when given) on the first `n_examples` test examples of the canonical evaluation
     order (`parl_core.data.evaluation_order`; fewer when fewer exist: a warning says so).
 
-    eps None: the dataset's default grid. seed: the PGD starts. The result is cached as
+    eps None: the dataset's default grid. seed: the PGD starts. restart_select: how PGD's
+    restarts combine (`parl_core.robustness_curve`; default "source" black-box, "target"
+    white-box). The result is cached as
     JSON in `<checkpoint folder>/.cache/` (see the module docstring); with cache=True a
     cached result is returned without computing. A cancelled evaluation is never cached.
     """
@@ -149,16 +153,16 @@ def evaluate_checkpoint(path, *, surrogate=None, n_examples=1000, seed=0, attack
         [path], surrogate=surrogate, n_examples=n_examples, seed=seed, attacks=attacks, eps=eps,
         steps=steps, step_size=step_size, restarts=restarts, decay=decay, early_stop=early_stop,
         loss=loss, batch_size=batch_size, data_root=data_root, device=device, cache=cache,
-        on_progress=on_progress, cancel=cancel)[0]
+        on_progress=on_progress, cancel=cancel, restart_select=restart_select)[0]
 
 
 def cached_evaluation(path, *, surrogate=None, n_examples=1000, seed=0, attacks=ATTACKS, eps=None,
                       steps=50, step_size=None, restarts=1, decay=0.01, early_stop=False,
-                      loss="ensemble", batch_size=None, data_root=None,
+                      loss="ensemble", batch_size=None, data_root=None, restart_select=None,
                       **_ignored) -> RobustnessResult | None:
     """The cached result of `evaluate_checkpoint` with these arguments, or None; never computes."""
     _, file = _resolve(path, surrogate, n_examples, seed, attacks, eps, steps, step_size, restarts,
-                       decay, early_stop, loss, batch_size, data_root)
+                       decay, early_stop, loss, batch_size, data_root, restart_select)
     return RobustnessResult.from_json(file) if file.is_file() else None
 
 

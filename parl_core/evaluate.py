@@ -2,9 +2,12 @@
 
 White-box: adversarial examples are crafted on the target itself. Black-box (the paper's
 zero-knowledge adversary A_Z): crafted on a surrogate, scored on the target; several
-targets share one crafting (`robustness_curve([a, b], ..., surrogate=s)`). An example
-counts as robust only if the scored model classifies every restart's example correctly
-(DESIGN §3). Every accuracy comes with its 95 % Wilson interval.
+targets share one crafting (`robustness_curve([a, b], ..., surrogate=s)`). PGD's restarts
+combine by one rule everywhere (`restart_select`): white-box, an example counts as robust
+only if the scored model classifies every restart's example correctly (DESIGN §3);
+black-box, the attacker keeps the restart it prefers on the surrogate, since choosing by
+the target would give a zero-knowledge adversary one target query per restart. Every
+accuracy comes with its 95 % interval (Wilson).
 
 Memory is bounded by design: examples are attacked in blocks of BLOCK, and each block's
 (ε, restart) rows in passes sized from the model and the memory budget
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from numbers import Real
@@ -36,7 +40,7 @@ from .sanity import run_checks
 from .stats import Z95, wilson_interval  # noqa: F401  (re-exported)
 
 __all__ = ["RobustnessResult", "robustness_curve", "transferability_matrix", "wilson_interval",
-           "BLOCK"]
+           "BLOCK", "RESTART_RULES", "resolve_restart_select"]
 
 BLOCK = 100  # examples per attack block (fixes which PGD starts each example gets)
 
@@ -80,7 +84,8 @@ class RobustnessResult:
         s = self.settings
         head = (f"{s.get('checkpoint', 'ensemble')}: {s.get('mode')}"
                 + (f" from {s['surrogate']}" if s.get("surrogate") else "")
-                + f", {s.get('n')} examples, {s.get('steps')} steps, PGD restarts {s.get('restarts')}")
+                + f", {s.get('n')} examples, {s.get('steps')} steps, PGD restarts {s.get('restarts')}"
+                + (f" (restart rule: {s['restart_select']})" if s.get("restart_select") else ""))
         cols = ["attack", "eps", "acc", "ci_low", "ci_high"] + \
             [c for c in self.table.columns if c.startswith("member_acc_")] + ["source_acc"]
         body = self.table[[c for c in cols if c in self.table]].to_string(
@@ -177,7 +182,7 @@ def _passes(spec, n_block: int, rows: int):
 
 
 def _crafted(spec, source, x, y, rows, prog=None, cancel=None):
-    """Yield (block slice, e0, e1, adv (e1−e0, r1−r0, nb, ...)) for every pass of the attack
+    """Yield (block slice, e0, e1, r0, adv (e1−e0, r1−r0, nb, ...)) for every pass of the attack
     on `source`, in the order that makes results independent of `rows`."""
     for b, start in enumerate(range(0, len(x), BLOCK)):
         xb, yb = x[start:start + BLOCK], y[start:start + BLOCK]
@@ -190,21 +195,42 @@ def _crafted(spec, source, x, y, rows, prog=None, cancel=None):
                                   first_restart=r0)
             if prog is not None:  # early-stopped rows count as done
                 prog.done = before + len(xb) * (e1 - e0) * (r1 - r0) * spec.steps
-            yield slice(start, start + len(xb)), e0, e1, adv
+            yield slice(start, start + len(xb)), e0, e1, r0, adv
 
 
 # --------------------------------------------------------------------------- the curve
+RESTART_RULES = ("source", "target", "mean")
+
+
+def resolve_restart_select(rule, black_box: bool) -> str:
+    """The restart rule to use: `rule`, or the mode's default ("source" black-box,
+    "target" white-box)."""
+    if rule is None:
+        return "source" if black_box else "target"
+    if rule not in RESTART_RULES:
+        raise ValueError(f"restart_select must be one of {RESTART_RULES} or None, got {rule!r}")
+    return rule
+
+
 def robustness_curve(target, x, y, *, attacks=ATTACKS, eps=None, surrogate=None, steps=50,
                      step_size=None, restarts=1, decay=0.01, seed=0, bounds=(0.0, 1.0),
                      loss="ensemble", early_stop=False, batch_size=None, on_progress=None,
-                     cancel=None):
+                     cancel=None, restart_select=None):
     """Accuracy of `target` under each attack at each ε -> RobustnessResult.
 
     target: Ensemble or nn.Module, or a list of them -> a list of results. surrogate: with
     one, the examples are crafted on it once and scored on every target (black-box
     transfer), else on each target (white-box). x (N, ...), y (N,): the evaluation
-    examples. Attack parameters as in `parl_core.attack`; `restarts` applies to PGD, and
-    an example is robust only if every restart's example is classified correctly.
+    examples. Attack parameters as in `parl_core.attack`; `restarts` applies to PGD.
+    restart_select: how PGD's restarts combine into one verdict per example —
+      "target": robust only if the scored model classifies every restart's example
+        correctly (the worst case; default white-box);
+      "source": the attacker keeps, per example, the restart it prefers on the model it
+        attacks (fooled there first, then the highest loss), and only that one is scored —
+        the zero-knowledge adversary A_Z of the paper (default black-box; in black-box
+        mode "target" would let the attacker query the target once per restart);
+      "mean": the share of restarts classified correctly, averaged (interval: normal
+        approximation over the per-example shares).
     early_stop applies to white-box only. batch_size: at most this many adversarial rows
     per pass (default: sized from the model and the memory budget, `parl_core.memory`);
     it changes memory and speed, never the result. on_progress(dict) gets {"event":
@@ -224,7 +250,8 @@ def robustness_curve(target, x, y, *, attacks=ATTACKS, eps=None, surrogate=None,
         raise ValueError("target: give at least one model")
     common = dict(attacks=attacks, eps=eps, steps=steps, step_size=step_size, restarts=restarts,
                   decay=decay, seed=seed, bounds=bounds, loss=loss, early_stop=early_stop,
-                  batch_size=batch_size, on_progress=on_progress, cancel=cancel)
+                  batch_size=batch_size, on_progress=on_progress, cancel=cancel,
+                  restart_select=restart_select)
     if surrogate is None and many:  # white-box: every target attacks itself
         return [robustness_curve(t, x, y, **common) for t in targets]
     out = _curve(targets, x, y, surrogate=surrogate, **common)
@@ -232,9 +259,10 @@ def robustness_curve(target, x, y, *, attacks=ATTACKS, eps=None, surrogate=None,
 
 
 def _curve(targets, x, y, *, attacks, eps, surrogate, steps, step_size, restarts, decay, seed,
-           bounds, loss, early_stop, batch_size, on_progress, cancel) -> list:
+           bounds, loss, early_stop, batch_size, on_progress, cancel, restart_select) -> list:
     attacks, eps = _validate(attacks, eps, batch_size)
     black = surrogate is not None
+    rule = resolve_restart_select(restart_select, black)
     notes = []
     if black and early_stop:
         notes.append("early_stop applies to white-box evaluation only; it was not used here "
@@ -259,7 +287,7 @@ def _curve(targets, x, y, *, attacks, eps, surrogate, steps, step_size, restarts
         prog.attack = name
         try:
             rows_out = _one_attack(specs[name], targets, source, x, y, rows, score_rows, prog,
-                                   cancel, mode, clean_acc)
+                                   cancel, mode, clean_acc, rule)
         except AttackCancelled:
             cancelled = True
             break
@@ -274,6 +302,7 @@ def _curve(targets, x, y, *, attacks, eps, surrogate, steps, step_size, restarts
         if cancelled:
             warnings.append("evaluation cancelled: the table holds only the attacks that finished.")
         settings = _settings(attacks, eps, mode, n, seed, kw, rows, t, surrogate)
+        settings["restart_select"] = rule
         results.append(RobustnessResult(df, warnings, settings, checks, cancelled))
     prog.emit("end", cancelled=cancelled)
     return results
@@ -290,32 +319,84 @@ def _settings(attacks, eps, mode, n, seed, kw, rows, target, surrogate) -> dict:
             "torch_version": torch.__version__}
 
 
-def _one_attack(spec, targets, source, x, y, rows, score_rows, prog, cancel, mode, clean_acc):
-    """One attack over every ε -> per target, its table rows."""
-    e_n, n = len(spec.eps), len(x)
-    vote = [torch.ones(e_n, n, dtype=torch.bool) for _ in targets]
-    mem = [torch.ones(_members(t), e_n, n, dtype=torch.bool) for t in targets]
-    src = torch.ones(e_n, n, dtype=torch.bool)
-    for sl, e0, e1, adv in _crafted(spec, source, x, y, rows, prog, cancel):
+def _one_attack(spec, targets, source, x, y, rows, score_rows, prog, cancel, mode, clean_acc,
+                rule):
+    """One attack over every ε -> per target, its table rows (restarts combined by `rule`)."""
+    e_n, r_n, n = len(spec.eps), spec.restarts, len(x)
+    vote = [torch.zeros(e_n, r_n, n, dtype=torch.bool) for _ in targets]  # correct per restart
+    mem = [torch.zeros(_members(t), e_n, r_n, n, dtype=torch.bool) for t in targets]
+    src = torch.zeros(e_n, r_n, n, dtype=torch.bool)
+    pick = torch.zeros(e_n, r_n, n)  # the attacker's preference among restarts (rule "source")
+    for sl, e0, e1, r0, adv in _crafted(spec, source, x, y, rows, prog, cancel):
         shape = adv.shape[:3]  # (e, r, nb)
+        rs = slice(r0, r0 + shape[1])
         flat, yr = adv.reshape(-1, *x.shape[1:]), y[sl].repeat(shape[0] * shape[1])
         for i, (t, r) in enumerate(zip(targets, score_rows)):
             v, m = _score(t, flat, yr, r)
-            vote[i][e0:e1, sl] &= v.view(shape).all(1)  # robust only if every restart is
-            mem[i][:, e0:e1, sl] &= m.view(len(m), *shape).all(2)
-            if t is source:
-                src[e0:e1, sl] &= v.view(shape).all(1)
-        if all(t is not source for t in targets):
-            src[e0:e1, sl] &= _score(source, flat, yr, rows)[0].view(shape).all(1)
-    return [[_row(spec.name, e, mode, vote[i][k], mem[i][:, k], clean_acc[i], src[k], spec.steps,
-                  spec.alpha[k], spec.restarts) for k, e in enumerate(spec.eps)]
+            vote[i][e0:e1, rs, sl] = v.view(shape)
+            mem[i][:, e0:e1, rs, sl] = m.view(len(m), *shape)
+        if any(t is source for t in targets):
+            src[e0:e1, rs, sl] = vote[targets.index(source)][e0:e1, rs, sl]
+        else:
+            src[e0:e1, rs, sl] = _score(source, flat, yr, rows)[0].view(shape)
+        if rule == "source" and r_n > 1:
+            pick[e0:e1, rs, sl] = _source_preference(source, flat, yr, spec.loss, rows).view(shape)
+    choose = _chooser(rule, pick)
+    src = choose(src)
+    return [[_row(spec.name, e, mode, choose(vote[i])[k], choose(mem[i])[:, k], clean_acc[i],
+                  src[k], spec.steps, spec.alpha[k], r_n) for k, e in enumerate(spec.eps)]
             for i in range(len(targets))]
 
 
+@torch.no_grad()
+def _source_preference(source, x, y, loss, batch):
+    """Per row: fooled on the source first, then the source's loss (what `attack` uses to
+    pick among restarts) — everything the zero-knowledge attacker can see."""
+    from .attacks import input_loss
+    dev, out = _device(source), []
+    with eval_mode(source):
+        for i in range(0, len(x), batch):
+            per, pred = input_loss(source, x[i:i + batch].to(dev), y[i:i + batch].to(dev), loss,
+                                   need_pred=True)
+            out.append((per.nan_to_num(posinf=1e30).clamp(max=1e30)
+                        + (pred != y[i:i + batch].to(dev)).to(per.dtype) * 1e31).cpu())
+    return torch.cat(out)
+
+
+def _chooser(rule, pick):
+    """Combine per-restart correctness (..., E, R, N) into per-example scores (..., E, N):
+    "target": correct only if every restart is (the worst case for the scored model);
+    "source": the restart the attacker prefers on the source (`pick`); "mean": the share
+    of restarts classified correctly (a float score)."""
+    if rule == "target":
+        return lambda c: c.all(-2)
+    if rule == "mean":
+        return lambda c: c.float().mean(-2)
+    best = pick.argmax(1)  # (E, N)
+
+    def by_source(c):
+        idx = best.view(*([1] * (c.dim() - 3)), best.shape[0], 1, best.shape[1])
+        return c.gather(-2, idx.expand(*c.shape[:-2], 1, c.shape[-1])).squeeze(-2)
+    return by_source
+
+
+def _interval(scores: torch.Tensor) -> tuple[float, float]:
+    """95 % interval of a mean accuracy: Wilson for 0/1 scores, else the normal interval
+    of the per-example scores (rule "mean"), clipped to [0, 1]."""
+    n = len(scores)
+    if scores.dtype == torch.bool or bool(((scores == 0) | (scores == 1)).all()):
+        return wilson_interval(int(scores.sum()), n)
+    s = scores.double()
+    half = Z95 * float(s.std()) / math.sqrt(n) if n > 1 else 1.0
+    m = float(s.mean())
+    return max(0.0, m - half), min(1.0, m + half)
+
+
 def _row(attack, eps, mode, vote, mem, clean_acc, src, steps, alpha, restarts) -> dict:
-    n, k = len(vote), int(vote.sum())
-    frac = (lambda t: int(t.sum()) / n) if n else (lambda t: float("nan"))
-    lo, hi = wilson_interval(k, n)
+    n = len(vote)
+    k = int(vote.sum()) if vote.dtype == torch.bool else float(vote.double().sum())
+    frac = (lambda t: float(t.double().sum()) / n) if n else (lambda t: float("nan"))
+    lo, hi = _interval(vote) if n else (0.0, 1.0)
     row = {"attack": attack, "eps": float(eps), "mode": mode, "n": n, "correct": k,
            "acc": frac(vote), "ci_low": lo, "ci_high": hi, "clean_acc": clean_acc}
     row.update({f"member_acc_{j}": frac(mem[j]) for j in range(len(mem))})
@@ -352,7 +433,7 @@ def transferability_matrix(ens, x, y, *, attack="pgd", eps, steps=50, step_size=
     for i, member in enumerate(ens.members):
         rows = rows_per_pass(member, x[0], grad=True, cap=batch_size) if len(x) else 1
         correct = torch.ones(m_n, len(x), dtype=torch.bool)
-        for sl, _, _, adv in _crafted(spec, member, x, y, rows):
+        for sl, _, _, _, adv in _crafted(spec, member, x, y, rows):
             r_n = adv.shape[1]
             _, mem = _score(ens, adv.reshape(-1, *x.shape[1:]), y[sl].repeat(r_n), score_rows)
             correct[:, sl] &= mem.view(m_n, r_n, -1).all(1)
