@@ -16,4 +16,5 @@ from .gradients import input_gradients, gradient_cosines, cosine_to_angle, cosin
 from .cka import linear_cka, unbiased_cka, minibatch_cka, layerwise_cka, ensemble_cka  # noqa: E402
 from .evaluate import attack, attack_restarts, ATTACKS, robustness_curve, transferability_matrix, RobustnessResult, wilson_interval  # noqa: E402
 from .checkpoint_eval import evaluate_checkpoint, evaluate_checkpoints, cached_evaluation  # noqa: E402
+from .stats import paired_comparison, paired_difference  # noqa: E402
 from .playground import PlaygroundConfig, PlaygroundSession, playground_methods  # noqa: E402

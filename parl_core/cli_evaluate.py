@@ -94,6 +94,8 @@ def cmd_evaluate(args) -> int:
         signal.signal(signal.SIGINT, old)
         prog.close()
     print("\n\n".join(r.summary() for r in results))
+    for t, r in list(zip(targets, results))[1:]:
+        print(_paired_text(targets[0], results[0], t, r))
     if args.csv:
         if len(results) == 1:
             results[0].to_csv(args.csv)
@@ -107,3 +109,18 @@ def cmd_evaluate(args) -> int:
             with open(args.json, "w") as f:
                 json.dump([json.loads(r.to_json()) for r in results], f, indent=1)
     return 130 if any(r.cancelled for r in results) else 0
+
+
+def _paired_text(name_a, res_a, name_b, res_b) -> str:
+    """B − A on the same examples, row by row, with the paired interval and McNemar's p."""
+    from .stats import paired_comparison
+    try:
+        cmp = paired_comparison(res_a, res_b)
+    except ValueError as e:
+        return f"\npaired comparison not possible: {e}"
+    lines = [f"\npaired, same examples: {name_b} minus {name_a} (accuracy points, 95 % interval, "
+             "exact McNemar p)"]
+    for r in cmp.itertuples():
+        lines.append(f"  {r.attack:>5} {r.eps:<5g} {100 * r.diff:+6.1f} [{100 * r.diff_low:+.1f}, "
+                     f"{100 * r.diff_high:+.1f}]  p = {r.p_value:.3g}")
+    return "\n".join(lines)

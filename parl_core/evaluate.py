@@ -49,17 +49,30 @@ BLOCK = 100  # examples per attack block (fixes which PGD starts each example ge
 class RobustnessResult:
     """One evaluation: `table` (one row per attack × ε, plus the clean row), the sanity
     `checks` ({"check", "ok", "detail"}), `warnings` (details of failed checks and notes),
-    `settings` (every setting and library version), `cancelled` (partial table)."""
+    `settings` (every setting and library version), `cancelled` (partial table),
+    `verdicts` (per row "attack@eps": which examples the scored model got right, packed;
+    see `verdict`), for paired comparisons of two ensembles on the same examples."""
     table: pd.DataFrame
     warnings: list = field(default_factory=list)
     settings: dict = field(default_factory=dict)
     checks: list = field(default_factory=list)
     cancelled: bool = False
+    verdicts: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"table": self.table.to_dict(orient="records"),  # exact floats (to_json rounds)
                 "columns": list(self.table.columns), "warnings": list(self.warnings),
-                "settings": self.settings, "checks": self.checks, "cancelled": self.cancelled}
+                "settings": self.settings, "checks": self.checks, "cancelled": self.cancelled,
+                "verdicts": self.verdicts}
+
+    def verdict(self, attack: str, eps: float) -> np.ndarray | None:
+        """Per-example correctness (bool, evaluation order) of the row (attack, eps), or None
+        when it was not kept (restart rule "mean" gives shares, not verdicts)."""
+        packed = self.verdicts.get(verdict_key(attack, eps))
+        if packed is None:
+            return None
+        n = int(self.table.n.iloc[0])
+        return np.unpackbits(np.frombuffer(bytes.fromhex(packed), np.uint8))[:n].astype(bool)
 
     def to_json(self, path=None) -> str:
         """JSON text (written to `path` too, when given)."""
@@ -77,7 +90,7 @@ class RobustnessResult:
         d = json.loads(text)
         table = pd.DataFrame(d["table"], columns=d.get("columns"))
         return cls(table, d.get("warnings", []), d.get("settings", {}), d.get("checks", []),
-                   bool(d.get("cancelled", False)))
+                   bool(d.get("cancelled", False)), d.get("verdicts", {}))
 
     def summary(self) -> str:
         """The table and the checks as text a person reads (the CLI prints it)."""
@@ -105,6 +118,16 @@ class RobustnessResult:
 
 
 # --------------------------------------------------------------------------- helpers
+def verdict_key(attack: str, eps: float) -> str:
+    return f"{attack}@{float(eps)!r}"
+
+
+def _pack(correct: torch.Tensor) -> str | None:
+    if correct.dtype != torch.bool:
+        return None
+    return np.packbits(correct.numpy()).tobytes().hex()
+
+
 def _plain(v):
     """numpy scalars -> Python numbers for json.dumps."""
     if isinstance(v, np.generic):
@@ -280,6 +303,7 @@ def _curve(targets, x, y, *, attacks, eps, surrogate, steps, step_size, restarts
     src_clean = _score(source, x, y, rows)[0] if black else None
     tables = [[_row("clean", 0.0, mode, v, m, a, src_clean if black else v, 1, 0.0, 1)]
               for (v, m), a in zip(clean, clean_acc)]
+    verdicts = [{verdict_key("clean", 0.0): _pack(v)} for v, _ in clean]
     prog = _Progress(sum(n * len(s.eps) * s.restarts * s.steps for s in specs.values()),
                      on_progress, mode)
     cancelled = False
@@ -291,11 +315,13 @@ def _curve(targets, x, y, *, attacks, eps, surrogate, steps, step_size, restarts
         except AttackCancelled:
             cancelled = True
             break
-        for t, r in zip(tables, rows_out):
+        for t, vd, (r, packed) in zip(tables, verdicts, rows_out):
             t += r
+            vd.update({verdict_key(name, e): p for e, p in zip(specs[name].eps, packed)
+                       if p is not None})
         prog.emit("attack")
     results = []
-    for t, table in zip(targets, tables):
+    for t, table, vd in zip(targets, tables, verdicts):
         df = pd.DataFrame(table)
         checks = [] if cancelled else run_checks(df, specs, kw, t, source, x, y, rows, mode)
         warnings = notes + [c["detail"] for c in checks if not c["ok"]]
@@ -303,7 +329,7 @@ def _curve(targets, x, y, *, attacks, eps, surrogate, steps, step_size, restarts
             warnings.append("evaluation cancelled: the table holds only the attacks that finished.")
         settings = _settings(attacks, eps, mode, n, seed, kw, rows, t, surrogate)
         settings["restart_select"] = rule
-        results.append(RobustnessResult(df, warnings, settings, checks, cancelled))
+        results.append(RobustnessResult(df, warnings, settings, checks, cancelled, vd))
     prog.emit("end", cancelled=cancelled)
     return results
 
@@ -321,7 +347,8 @@ def _settings(attacks, eps, mode, n, seed, kw, rows, target, surrogate) -> dict:
 
 def _one_attack(spec, targets, source, x, y, rows, score_rows, prog, cancel, mode, clean_acc,
                 rule):
-    """One attack over every ε -> per target, its table rows (restarts combined by `rule`)."""
+    """One attack over every ε -> per target, (its table rows, its packed verdicts per ε);
+    restarts combined by `rule`."""
     e_n, r_n, n = len(spec.eps), spec.restarts, len(x)
     vote = [torch.zeros(e_n, r_n, n, dtype=torch.bool) for _ in targets]  # correct per restart
     mem = [torch.zeros(_members(t), e_n, r_n, n, dtype=torch.bool) for t in targets]
@@ -343,9 +370,13 @@ def _one_attack(spec, targets, source, x, y, rows, score_rows, prog, cancel, mod
             pick[e0:e1, rs, sl] = _source_preference(source, flat, yr, spec.loss, rows).view(shape)
     choose = _chooser(rule, pick)
     src = choose(src)
-    return [[_row(spec.name, e, mode, choose(vote[i])[k], choose(mem[i])[:, k], clean_acc[i],
-                  src[k], spec.steps, spec.alpha[k], r_n) for k, e in enumerate(spec.eps)]
-            for i in range(len(targets))]
+    out = []
+    for i in range(len(targets)):
+        v, m = choose(vote[i]), choose(mem[i])
+        out.append(([_row(spec.name, e, mode, v[k], m[:, k], clean_acc[i], src[k], spec.steps,
+                          spec.alpha[k], r_n) for k, e in enumerate(spec.eps)],
+                    [_pack(v[k]) for k in range(e_n)]))
+    return out
 
 
 @torch.no_grad()

@@ -135,7 +135,7 @@ def test_cli_evaluates_several_targets_from_one_surrogate(ckpts, capsys):
                    "--eps", "0.1", "--attacks", "fgsm,bim", "--threads", "1",
                    "--csv", str(ckpts / "t.csv"), "--quiet"])
     out = capsys.readouterr().out
-    assert rc == 0 and out.count("black-box from") == 2
+    assert rc == 0 and out.count("black-box from") == 2 and "paired, same examples" in out
     table = pd.read_csv(ckpts / "t.csv")
     assert set(table.checkpoint) == {a, b} and len(table) == 2 * 3
     assert cli_main(["evaluate", "--quiet"]) == 2 and "at least one" in capsys.readouterr().err
