@@ -261,6 +261,9 @@ def robustness_curve(target, x, y, *, attacks=ATTACKS, eps=None, surrogate=None,
     units: rows × steps), "elapsed", "eta" (seconds)}; cancel (Event or callable) stops
     early with a partial table and `cancelled=True`.
 
+    With more than one attack, "worst-case" rows give, per ε, the accuracy when each
+    example faces the attack that fools it (the minimum over the suite, as AutoAttack
+    reports; steps and restarts 0 there).
     table columns: attack ("clean" for the clean row, eps 0), eps, mode, n, correct, acc,
     ci_low, ci_high (95 % Wilson interval of the majority-vote accuracy), clean_acc,
     member_acc_0 .. member_acc_{M-1}, source_acc (accuracy of the attacked model: the
@@ -304,6 +307,7 @@ def _curve(targets, x, y, *, attacks, eps, surrogate, steps, step_size, restarts
     tables = [[_row("clean", 0.0, mode, v, m, a, src_clean if black else v, 1, 0.0, 1)]
               for (v, m), a in zip(clean, clean_acc)]
     verdicts = [{verdict_key("clean", 0.0): _pack(v)} for v, _ in clean]
+    scores = [{} for _ in targets]  # per target: ε -> [(vote, members, source) per attack]
     prog = _Progress(sum(n * len(s.eps) * s.restarts * s.steps for s in specs.values()),
                      on_progress, mode)
     cancelled = False
@@ -315,11 +319,18 @@ def _curve(targets, x, y, *, attacks, eps, surrogate, steps, step_size, restarts
         except AttackCancelled:
             cancelled = True
             break
-        for t, vd, (r, packed) in zip(tables, verdicts, rows_out):
+        for t, vd, sc, (r, per_eps) in zip(tables, verdicts, scores, rows_out):
             t += r
-            vd.update({verdict_key(name, e): p for e, p in zip(specs[name].eps, packed)
-                       if p is not None})
+            for e, (v, m, src) in zip(specs[name].eps, per_eps):
+                vd[verdict_key(name, e)] = _pack(v)
+                sc.setdefault(float(e), []).append((v, m, src))
         prog.emit("attack")
+    if len(attacks) > 1 and not cancelled:  # AutoAttack's report: per example, the worst attack
+        for i, (t, vd, sc) in enumerate(zip(tables, verdicts, scores)):
+            for e, per in sc.items():
+                v, m, src = (_worst([p[j] for p in per]) for j in range(3))
+                t.append(_row("worst-case", e, mode, v, m, clean_acc[i], src, 0, 0.0, 0))
+                vd[verdict_key("worst-case", e)] = _pack(v)
     results = []
     for t, table, vd in zip(targets, tables, verdicts):
         df = pd.DataFrame(table)
@@ -347,8 +358,8 @@ def _settings(attacks, eps, mode, n, seed, kw, rows, target, surrogate) -> dict:
 
 def _one_attack(spec, targets, source, x, y, rows, score_rows, prog, cancel, mode, clean_acc,
                 rule):
-    """One attack over every ε -> per target, (its table rows, its packed verdicts per ε);
-    restarts combined by `rule`."""
+    """One attack over every ε -> per target, (its table rows, per ε the per-example scores
+    (vote, members, source)); restarts combined by `rule`."""
     e_n, r_n, n = len(spec.eps), spec.restarts, len(x)
     vote = [torch.zeros(e_n, r_n, n, dtype=torch.bool) for _ in targets]  # correct per restart
     mem = [torch.zeros(_members(t), e_n, r_n, n, dtype=torch.bool) for t in targets]
@@ -375,7 +386,7 @@ def _one_attack(spec, targets, source, x, y, rows, score_rows, prog, cancel, mod
         v, m = choose(vote[i]), choose(mem[i])
         out.append(([_row(spec.name, e, mode, v[k], m[:, k], clean_acc[i], src[k], spec.steps,
                           spec.alpha[k], r_n) for k, e in enumerate(spec.eps)],
-                    [_pack(v[k]) for k in range(e_n)]))
+                    [(v[k], m[:, k], src[k]) for k in range(e_n)]))
     return out
 
 
@@ -409,6 +420,12 @@ def _chooser(rule, pick):
         idx = best.view(*([1] * (c.dim() - 3)), best.shape[0], 1, best.shape[1])
         return c.gather(-2, idx.expand(*c.shape[:-2], 1, c.shape[-1])).squeeze(-2)
     return by_source
+
+
+def _worst(scores: list) -> torch.Tensor:
+    """Per example, the lowest score over attacks (bool: robust only if every attack fails)."""
+    st = torch.stack(scores)
+    return st.all(0) if st.dtype == torch.bool else st.min(0).values
 
 
 def _interval(scores: torch.Tensor) -> tuple[float, float]:

@@ -66,8 +66,9 @@ def test_table_contract(white, ens, data):
     for col in ["attack", "eps", "mode", "n", "acc", "ci_low", "ci_high", "clean_acc",
                 "member_acc_0", "member_acc_1", "member_acc_2"]:
         assert col in t.columns
-    assert len(t) == 1 + 4 * 2 and list(t.attack[:1]) == ["clean"] and t.eps[0] == 0.0
-    assert set(zip(t.attack[1:], t.eps[1:])) == {(a, e) for a in pc.ATTACKS for e in (0.1, 0.3)}
+    assert len(t) == 1 + 4 * 2 + 2 and list(t.attack[:1]) == ["clean"] and t.eps[0] == 0.0
+    assert set(zip(t.attack[1:], t.eps[1:])) == {(a, e) for a in pc.ATTACKS + ("worst-case",)
+                                                 for e in (0.1, 0.3)}
     assert (t["mode"] == "white-box").all() and (t.n == 48).all()
     assert ((t.ci_low <= t.acc) & (t.acc <= t.ci_high)).all()
     assert t.acc.between(0, 1).all() and (t.acc[1:] <= t.clean_acc[1:]).all()
@@ -143,7 +144,7 @@ def test_json_csv_roundtrip(white, tmp_path):
     assert back.settings == json.loads(json.dumps(white.settings)) and back.checks == white.checks
     assert pc.RobustnessResult.from_json(tmp_path / "r.json").table.equals(back.table)
     csv = white.to_csv(tmp_path / "r.csv")
-    assert csv.splitlines()[0].startswith("attack,eps,mode,n") and len(csv.splitlines()) == 10
+    assert csv.splitlines()[0].startswith("attack,eps,mode,n") and len(csv.splitlines()) == 12
     assert "[ok]" in white.summary()
 
 
@@ -216,7 +217,7 @@ def test_cli_evaluate(ckpts, capsys):
                    "--json", str(ckpts / "o.json")])
     out = capsys.readouterr().out
     assert rc == 0 and "white-box" in out and "pgd" in out and "[ok]" in out
-    assert pd.read_csv(ckpts / "o.csv").shape[0] == 5
+    assert pd.read_csv(ckpts / "o.csv").shape[0] == 7  # clean, 2 x (fgsm, pgd, worst-case)
     assert pc.RobustnessResult.from_json(ckpts / "o.json").settings["restarts"] == 2
     assert cli_main(["evaluate", target, "--attacks", "cw", "--quiet"]) == 2
     assert "attacks" in capsys.readouterr().err

@@ -137,7 +137,7 @@ def test_cli_evaluates_several_targets_from_one_surrogate(ckpts, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and out.count("black-box from") == 2 and "paired, same examples" in out
     table = pd.read_csv(ckpts / "t.csv")
-    assert set(table.checkpoint) == {a, b} and len(table) == 2 * 3
+    assert set(table.checkpoint) == {a, b} and len(table) == 2 * 4  # clean, fgsm, bim, worst-case
     assert cli_main(["evaluate", "--quiet"]) == 2 and "at least one" in capsys.readouterr().err
 
 
@@ -156,3 +156,16 @@ def test_progress_in_a_log_file_is_lines_not_carriage_returns():
     q.update_to(5)
     q.note("epoch 1: kept")
     assert quiet.getvalue() == "epoch 1: kept\n"
+
+
+def test_worst_case_rows_take_each_examples_strongest_attack(models, data):
+    res = pc.robustness_curve(models["ens_u"], *data, **KW, surrogate=models["surrogate"])
+    t = res.table
+    for e in KW["eps"]:
+        worst = t[(t.attack == "worst-case") & (t.eps == e)].iloc[0]
+        each = t[(t.attack.isin(KW["attacks"])) & (t.eps == e)]
+        assert worst.acc <= each.acc.min()
+        both = res.verdict("fgsm", e) & res.verdict("pgd", e)
+        assert worst.correct == both.sum() and (res.verdict("worst-case", e) == both).all()
+    one = pc.robustness_curve(models["ens_u"], *data, attacks=["fgsm"], eps=0.1)
+    assert "worst-case" not in set(one.table.attack)  # one attack: nothing to take the worst of
