@@ -99,7 +99,7 @@ def evaluate_checkpoints(paths, *, surrogate=None, n_examples=1000, seed=0, atta
     args = (surrogate, n_examples, seed, attacks, eps, steps, step_size, restarts, decay,
             early_stop, loss, batch_size, data_root, restart_select)
     resolved = [_resolve(p, *args) for p in paths]
-    out = [RobustnessResult.from_json(f) if cache and f.is_file() else None for _, f in resolved]
+    out = [_load_cached(f, key) if cache else None for key, f in resolved]
     todo = [i for i, r in enumerate(out) if r is None]
     if not todo:
         return out
@@ -161,9 +161,37 @@ def cached_evaluation(path, *, surrogate=None, n_examples=1000, seed=0, attacks=
                       loss="ensemble", batch_size=None, data_root=None, restart_select=None,
                       **_ignored) -> RobustnessResult | None:
     """The cached result of `evaluate_checkpoint` with these arguments, or None; never computes."""
-    _, file = _resolve(path, surrogate, n_examples, seed, attacks, eps, steps, step_size, restarts,
-                       decay, early_stop, loss, batch_size, data_root, restart_select)
-    return RobustnessResult.from_json(file) if file.is_file() else None
+    key, file = _resolve(path, surrogate, n_examples, seed, attacks, eps, steps, step_size,
+                         restarts, decay, early_stop, loss, batch_size, data_root, restart_select)
+    return _load_cached(file, key)
+
+
+_COLUMNS = {"attack", "eps", "mode", "n", "correct", "acc", "ci_low", "ci_high", "clean_acc",
+            "source_acc", "steps", "step_size", "restarts"}
+
+
+def _load_cached(file: Path, key: dict) -> RobustnessResult | None:
+    """The cached result in `file` if it is readable and is what it claims to be: the
+    settings it records match every field of `key` (the checkpoint's and surrogate's hashes,
+    the data fingerprint, every attack setting), its table has the expected columns, one
+    row per attack × ε plus the clean row, accuracies in [0, 1] and n as asked. Otherwise
+    None ("not computed"): a truncated or edited file is recomputed, never shown."""
+    if not file.is_file():
+        return None
+    try:
+        res = RobustnessResult.from_json(file)
+        s, t = res.settings, res.table
+        if any(s.get(k) != v for k, v in key.items() if k not in ("meta", "smeta")):
+            return None
+        if not _COLUMNS <= set(t.columns) or res.cancelled:
+            return None
+        want = {("clean", 0.0)} | {(a, float(e)) for a in key["attacks"] for e in key["eps"]}
+        got = {(a, float(e)) for a, e in zip(t.attack, t.eps) if a != "worst-case"}
+        if got != want or not t.acc.between(0, 1).all() or not (t.n == s.get("n")).all():
+            return None
+        return res
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _write_atomic(file: Path, text: str) -> None:

@@ -169,3 +169,29 @@ def test_worst_case_rows_take_each_examples_strongest_attack(models, data):
         assert worst.correct == both.sum() and (res.verdict("worst-case", e) == both).all()
     one = pc.robustness_curve(models["ens_u"], *data, attacks=["fgsm"], eps=0.1)
     assert "worst-case" not in set(one.table.attack)  # one attack: nothing to take the worst of
+
+
+def test_a_cached_result_that_does_not_fit_is_not_computed(ckpts):
+    kw = dict(surrogate=ckpts / "digits_surrogate.safetensors", n_examples=30, attacks=["fgsm"],
+              eps=[0.1], steps=1)
+    target = ckpts / "digits_ens_u.safetensors"
+    pc.evaluate_checkpoint(target, **kw)
+    (file,) = (ckpts / ".cache").glob("eval_*.json")
+    good = file.read_text()
+    file.write_text(good[: len(good) // 2])  # truncated
+    assert pc.cached_evaluation(target, **kw) is None
+    import json
+    forged = json.loads(good)
+    for r in forged["table"]:
+        r["acc"] = 0.99
+    forged["settings"]["checkpoint_hash"] = "0" * 64  # claims another checkpoint
+    file.write_text(json.dumps(forged))
+    assert pc.cached_evaluation(target, **kw) is None
+    forged = json.loads(good)
+    forged["table"][1]["acc"] = 7.0  # not an accuracy
+    file.write_text(json.dumps(forged))
+    assert pc.cached_evaluation(target, **kw) is None
+    file.write_text(good)
+    assert pc.cached_evaluation(target, **kw) is not None
+    res = pc.evaluate_checkpoint(target, **kw)  # a bad file is recomputed and replaced
+    assert res.table.acc.between(0, 1).all()
