@@ -89,10 +89,18 @@ def load_dataset(name: str, split: str):
 
 
 def dataset_available(name: str) -> bool:
+    """Whether the dataset's folder is here (what training needs)."""
     if name.startswith("cifar"):
         from parl_core.data import cifar_available
         return cifar_available(name, config.data_root())
     return True
+
+
+def test_available(name: str) -> bool:
+    """Whether its test split can be read (what the analysis pages need): the folder, or
+    the test sample embedded in parl_core (CIFAR-10)."""
+    from parl_core.data import SAMPLE_PATH
+    return dataset_available(name) or (name == "cifar10" and SAMPLE_PATH.is_file())
 
 
 def data_hint(name: str) -> str:
@@ -129,7 +137,7 @@ def warm_up() -> bool:
             import plotly.graph_objects as go
             go.Figure()
             for name in sorted({metadata(p).get("dataset") for p in checkpoints().values()} - {None}):
-                if dataset_available(name):
+                if test_available(name):
                     load_dataset(name, "test")
         except Exception:  # a warm-up must never take the server down; pages report errors
             logging.getLogger("parl_lab").exception("warm-up failed")

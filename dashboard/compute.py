@@ -34,6 +34,65 @@ def test_set(dataset: str):
     return cache.load_dataset(dataset, "test")
 
 
+DISPLAY = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "digits": "Digits"}
+
+
+def data_caption(dataset: str, used: int | None) -> str:
+    """Which test set a view uses and how many of its images, e.g. "CIFAR-10: embedded
+    sample of 1,000 test images (a JPEG re-encoding of the originals), 450 used"."""
+    ds = test_set(dataset)
+    source = ds.info.get("source")
+    if source is None:
+        what = f"test split of {len(ds):,} images"
+    elif ds.info.get("sample"):
+        jpeg = "JPEG" in str(ds.info.get("provenance", ""))
+        what = f"embedded sample of {len(ds):,} test images" + (" (a JPEG re-encoding of the originals)"
+                                                              if jpeg else "")
+    else:
+        what = f"full test set of {len(ds):,} images read from {source}"
+    return f"{DISPLAY.get(dataset, dataset)}: {what}" + (f", {int(used):,} used" if used is not None else "")
+
+
+def evaluation_examples(dataset: str, n: int):
+    """The first n test examples in the canonical evaluation order: the same examples on
+    every page and for every checkpoint, so numbers compare."""
+    return pc.evaluation_subset(test_set(dataset), int(n))
+
+
+def _seconds(fn, dev) -> float:
+    """Median wall time of fn() over three calls after a warm-up (first-call allocations)."""
+    import time
+    fn()
+    times = []
+    for _ in range(3):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def seconds_per_example(r: Ref, dataset: str, what: str, batch: int = 16) -> float:
+    """Seconds per example, timed on `batch` test examples on this machine, of one attack
+    step (what="step") or one forward pass (what="forward") of the checkpoint's ensemble.
+    The step is timed through the attack itself (two BIM steps, halved), so it includes
+    what an evaluation's step costs besides the gradient. Measured on CIFAR ResNet20s on a
+    busy 2-core CPU: the cost per example was nearly the same from 16 to 256 examples, and
+    an evaluation's step about 1.4x this, so estimates err on the short side."""
+    ens, _ = cache._ensemble(*r)
+    ds = test_set(dataset)
+    dev = pc.default_device()
+    x, y = ds.images[:batch].to(dev), ds.labels[:batch].to(dev)
+    if what == "step":
+        return _seconds(lambda: pc.attack("bim", ens, x, y, 0.03, steps=2, bounds=ds.bounds), dev) / (2 * len(x))
+    with torch.no_grad():
+        return _seconds(lambda: ens(x), dev) / len(x)
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def predictions(r: Ref, dataset: str) -> dict:
     """The ensemble's vote and each member's prediction on the whole test set."""
@@ -61,6 +120,21 @@ def example_gradients(refs_members: tuple, dataset: str, index: int, layer: int 
             "y": int(y[0]), "preds": preds}
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def adversarial_example(source: Ref, target: Ref, dataset: str, index: int, attack: str, eps: float,
+                        steps: int) -> dict:
+    """One test example attacked on `source` (the surrogate, or the target itself):
+    images (C, H, W) and the target's member logits (M, 1, K) before and after."""
+    ds = test_set(dataset)
+    x, y = ds.images[index:index + 1], ds.labels[index:index + 1]
+    src, ens = cache._ensemble(*source)[0], cache._ensemble(*target)[0]
+    dev = pc.default_device()
+    x_adv = pc.attack(attack, src, x.to(dev), y.to(dev), eps, steps=steps, seed=0, bounds=ds.bounds).cpu()
+    with torch.no_grad():
+        clean, adv = ens.member_logits(x.to(dev)).cpu(), ens.member_logits(x_adv.to(dev)).cpu()
+    return {"x": x[0].numpy(), "x_adv": x_adv[0].numpy(), "y": int(y[0]), "clean": clean, "adv": adv}
+
+
 # ----------------------------------------------------------------- on-request results
 @st.cache_resource(show_spinner=False)
 def _store() -> tuple[OrderedDict, threading.Lock]:
@@ -84,13 +158,13 @@ def store(key: tuple, value, limit: int = 64):
     return value
 
 
-def cosine_distribution(r: Ref, dataset: str, n: int, layer: int | None, seed: int = 0) -> dict:
-    ds = test_set(dataset).subset(n, seed=seed)
+def cosine_distribution(r: Ref, dataset: str, n: int, layer: int | None) -> dict:
+    ds = evaluation_examples(dataset, n)
     ens, _ = cache._ensemble(*r)
     return pc.cosine_distribution(ens, ds.images, ds.labels, layer=layer)
 
 
-def ensemble_cka(r: Ref, dataset: str, n: int, batch_size: int, estimator: str, seed: int = 0) -> dict:
-    ds = test_set(dataset).subset(n, seed=seed)
+def ensemble_cka(r: Ref, dataset: str, n: int, batch_size: int, estimator: str) -> dict:
+    ds = evaluation_examples(dataset, n)
     ens, _ = cache._ensemble(*r)
     return pc.ensemble_cka(ens, ds.images, batch_size=batch_size, estimator=estimator)

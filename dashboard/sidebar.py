@@ -34,12 +34,17 @@ def render() -> None:
             st.query_params["checkpoint"] = cur
             meta = cache.metadata(cache.checkpoints()[cur])
             ds = meta.get("dataset", "?")
-            ok = cache.dataset_available(ds)
+            ok, sample = cache.dataset_available(ds), cache.test_available(ds)
             st.markdown(f"**Method** {pc.method_label(meta.get('method', '?'))} · "
                         f"**members** {meta.get('members')} · **{meta.get('model', {}).get('arch', '?')}**")
-            st.markdown(f"**Dataset** `{ds}` " + ("· data available :material/check_circle:" if ok
-                                                   else "· data missing :material/warning:"))
-            if not ok:
+            st.markdown(f"**Dataset** `{ds}` " + (
+                "· data available :material/check_circle:" if ok else
+                "· embedded test sample :material/check_circle:" if sample else
+                "· data missing :material/warning:"))
+            if sample and not ok:
+                st.caption(f"The analysis pages use the {len(cache.load_dataset(ds, 'test')):,} test images "
+                           "that ship with PARL Lab; the full test set is used when its folder is here.")
+            elif not ok:
                 st.caption(cache.data_hint(ds))
         st.markdown(f"**Device** {cache.device_label()}")
         n = len(jobs.active_jobs())

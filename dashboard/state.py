@@ -12,7 +12,9 @@ import streamlit as st
 
 from . import cache
 
-PREFERRED = ("digits_parl", "digits_ens_u")
+# The dashboard opens on the paper's own setting when its CIFAR-10 ensembles are here, on
+# the digits ensembles otherwise (a digits ensemble trains in seconds on the Train page).
+PREFERRED = ("cifar10_parl", "cifar10_ens_u", "digits_parl", "digits_ens_u")
 
 
 def default_checkpoint(names) -> str | None:
@@ -54,22 +56,45 @@ def active_with_data() -> tuple[Path, str]:
         st.info("No checkpoint yet: train one on the Train page.")
         st.stop()
     dataset = cache.metadata(active)["dataset"]
-    if not cache.dataset_available(dataset):
+    if not cache.test_available(dataset):
         ui.show_error(f"The {dataset} test data is not on this server", "Its folder was not found.",
                       cache.data_hint(dataset))
         st.stop()
     return active, dataset
 
 
+def _rank(name: str) -> tuple:
+    """Shipped checkpoints first (in PREFERRED order), surrogates last, then by name."""
+    return (PREFERRED.index(name) if name in PREFERRED else len(PREFERRED), "surrogate" in name, name)
+
+
+def ranked(names) -> list[str]:
+    """Names in the order pages offer them by default (see `_rank`)."""
+    return sorted(names, key=_rank)
+
+
 def by_method(method: str, dataset: str | None = None) -> str | None:
-    """A checkpoint trained with `method` (the shipped one first), for paper-style pairs."""
+    """A checkpoint trained with `method` (the shipped one first, a surrogate last), for
+    paper-style pairs."""
     names = cache.checkpoints()
-    ranked = sorted(names, key=lambda n: (n not in PREFERRED, n))
-    for n in ranked:
+    for n in ranked(names):
         m = cache.metadata(names[n])
         if m.get("method") == method and (dataset is None or m.get("dataset") == dataset):
             return n
     return None
+
+
+def paper_pair(dataset: str) -> tuple[str | None, str | None]:
+    """(ENS_U, PARL) checkpoints of a dataset for the paper's comparisons (None if absent)."""
+    return by_method("ce_only", dataset), by_method("parl", dataset)
+
+
+def counterpart(name: str, dataset: str) -> str | None:
+    """What to show beside `name` by default: ENS_U beside anything else, PARL beside ENS_U."""
+    ens_u, parl = paper_pair(dataset)
+    method = cache.metadata(cache.checkpoints()[name]).get("method")
+    other = parl if method == "ce_only" else ens_u
+    return other if other != name else None
 
 
 def query_int(name: str, default: int) -> int:

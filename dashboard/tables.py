@@ -16,7 +16,8 @@ def _params(meta: dict) -> str:
 
 def checkpoint_table() -> pd.DataFrame:
     """One row per readable checkpoint: name, method, dataset, members, hyperparameters,
-    clean accuracy, mean R/K, epochs, created."""
+    clean accuracy, mean R/K, epochs and training images (the scale its numbers come from),
+    created."""
     rows = []
     for name, path in cache.checkpoints().items():
         m = cache.metadata(path)
@@ -24,7 +25,8 @@ def checkpoint_table() -> pd.DataFrame:
                      "dataset": m.get("dataset"), "members": m.get("members"),
                      "arch": (m.get("model") or {}).get("arch"), "hyperparameters": _params(m),
                      "clean_acc": m.get("clean_acc"), "mean_R_per_layer": m.get("r_mean"),
-                     "epochs": m.get("epochs_done", m.get("epochs")), "seed": m.get("seed"),
+                     "epochs": m.get("epochs_done", m.get("epochs")), "train_images": m.get("train_size"),
+                     "seed": m.get("seed"),
                      "created": m.get("created"), "size_kB": round(path.stat().st_size / 1024, 1)})
     return pd.DataFrame(rows)
 

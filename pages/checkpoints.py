@@ -7,7 +7,7 @@ import parl_core as pc
 import parl_core.plots as pp
 from parl_core.checkpoints import CheckpointError
 
-from dashboard import cache, compute, config, state, tables, ui, uploads
+from dashboard import cache, compute, config, findings, robust, state, tables, ui, uploads
 
 state.through_app()
 
@@ -82,64 +82,77 @@ with tab_detail:
                 st.caption("Classroom (read-only) mode: renaming and deleting are off.")
 
 # ------------------------------------------------------------------- comparison
+def comparison(chosen: list[str], ds: str) -> None:
+    """Table 2 for checkpoints of one dataset: training numbers, and CKA and robust accuracy
+    computed on request on the same test examples for every checkpoint."""
+    grid = pc.default_eps_grid(ds)
+    p255 = robust.per255(ds)
+    n_cka, n_rob = min(450, len(compute.test_set(ds))), min(200, len(compute.test_set(ds)))
+    c = st.columns(3)
+    eps = c[0].select_slider("ε for robust accuracy", grid, value=grid[len(grid) // 2], key=f"ck_eps_{ds}",
+                             format_func=lambda e: findings.eps_text(e, p255))
+    sur_opts = ["(white-box)"] + [n for n in paths if cache.metadata(paths[n])["dataset"] == ds]
+    sur = c[1].selectbox("Attack crafted on", sur_opts, key=f"ck_sur_{ds}",
+                         index=next((i for i, n in enumerate(sur_opts) if "surrogate" in n), 0))
+    c[2].caption(f"PGD, 10 steps, {n_rob} test examples; CKA: {n_cka} examples, minibatch 128.")
+    ekw = dict(n_examples=n_rob, seed=0, attacks=["pgd"], eps=[eps], steps=10, restarts=1,
+               surrogate=None if sur.startswith("(") else str(paths[sur]))
+    cka_key = {n: ("cka", compute.ref(paths[n]), ds, n_cka, 128, "minibatch") for n in chosen}
+    rows, todo = [], []
+    for n in chosen:
+        m = cache.metadata(paths[n])
+        ev = pc.cached_evaluation(str(paths[n]), **ekw)
+        ck = compute.stored(cka_key[n])
+        if ev is None or ck is None:
+            todo.append(n)
+        rows.append({"checkpoint": n, "method": pc.method_label(m["method"]),
+                     "K": (m.get("params") or {}).get("layers"), "clean_acc": m.get("clean_acc"),
+                     "mean_R": m.get("r_mean"), "avg_cka": ck["overall"] if ck else None,
+                     "robust_acc": ev.table[ev.table.attack == "pgd"].acc.iloc[0] if ev is not None else None})
+    if todo and st.button(f"Compute CKA and robust accuracy for {len(todo)} checkpoint(s)",
+                          key="ck_cmp_go", icon=":material/calculate:"):
+        bar = st.progress(0.0)
+        for i, n in enumerate(todo):
+            bar.progress(i / len(todo), f"{n}…")
+            if compute.stored(cka_key[n]) is None:
+                compute.store(cka_key[n], compute.ensemble_cka(cka_key[n][1], ds, n_cka, 128, "minibatch"))
+        pc.evaluate_checkpoints([str(paths[n]) for n in todo], **ekw)  # a surrogate crafts once
+        st.rerun()
+    table = pd.DataFrame(rows)
+    ui.show_table(table, f"Clean accuracy and mean R/K come from training; average CKA and robust "
+                  f"accuracy (PGD at ε = {findings.eps_text(eps, p255)}, "
+                  f"{'white-box' if ekw['surrogate'] is None else 'from ' + sur}) are computed on request, "
+                  f"on the same test images for every checkpoint ({compute.data_caption(ds, None)}). "
+                  "Diverse ensembles: lower R and CKA, higher robust accuracy.",
+                  key="ck_table2", title="comparison", hide_index=True, column_config=tables.column_config(),
+                  prov=ui.provenance([paths[n] for n in chosen], {**ekw, "cka_n": n_cka, "cka_batch": 128}))
+    ui.show_figure(pp.checkpoint_comparison_figure(table), "The same numbers as bars.", key="ck_bars",
+                   title="comparison")
+    hist = {n: cache.metadata(paths[n]).get("history") or [] for n in chosen}
+    ui.show_figure(pp.compare_histories_figure(hist, "test_acc"), "Test accuracy while training.",
+                   key="ck_hist_acc", title="history_test_acc")
+
+
 with tab_compare:
-    if tab_compare.open:  # only the chosen tab is computed
+    if tab_compare.open and paths:  # only the chosen tab is computed
         names = list(paths)
-        first = [n for n in state.PREFERRED[::-1] if n in names]  # ENS_U, PARL, then the rest
-        home = cache.metadata(paths[first[0]])["dataset"] if first else None  # one dataset
-        same = [n for n in names if home is None or cache.metadata(paths[n])["dataset"] == home]
-        state.default(f"{K}ck_cmp", (first + [n for n in same if n not in first and "surrogate" not in n])[:5])
-        st.session_state[f"{K}ck_cmp"] = [n for n in st.session_state[f"{K}ck_cmp"] if n in names]
-        chosen = st.multiselect("Checkpoints to compare", names, key=f"{K}ck_cmp")
-        if chosen:
-            datasets = {cache.metadata(paths[n])["dataset"] for n in chosen}
-            ds = next(iter(datasets))
-            grid = pc.default_eps_grid(ds)
-            c = st.columns(3)
-            eps = c[0].select_slider("ε for robust accuracy", grid, value=grid[len(grid) // 2], key="ck_eps")
-            sur_opts = ["(white-box)"] + [n for n in names if cache.metadata(paths[n])["dataset"] == ds]
-            sur = c[1].selectbox("Attack crafted on", sur_opts, key="ck_sur",
-                                 index=next((i for i, n in enumerate(sur_opts) if "surrogate" in n), 0))
-            c[2].caption("PGD, 10 steps, 200 test examples; CKA: 450 examples, minibatch 128.")
-            ekw = dict(n_examples=200, seed=0, attacks=["pgd"], eps=[eps], steps=10, restarts=1,
-                       surrogate=None if sur.startswith("(") else str(paths[sur]))
-            cka_key = {n: ("cka", compute.ref(paths[n]), ds, 450, 128, "minibatch") for n in chosen}
-            rows, todo = [], []
-            for n in chosen if len(datasets) == 1 else []:
-                m = cache.metadata(paths[n])
-                ev = pc.cached_evaluation(str(paths[n]), **ekw)
-                ck = compute.stored(cka_key[n])
-                if ev is None or ck is None:
-                    todo.append(n)
-                rob = ev.table[ev.table.attack == "pgd"].acc.iloc[0] if ev is not None else None
-                rows.append({"checkpoint": n, "method": pc.method_label(m["method"]),
-                             "K": (m.get("params") or {}).get("layers"), "clean_acc": m.get("clean_acc"),
-                             "mean_R": m.get("r_mean"), "avg_cka": ck["overall"] if ck else None,
-                             "robust_acc": rob})
-            if len(datasets) > 1:
-                st.warning("These checkpoints are for different datasets; compare within one dataset.")
-            elif todo and st.button(f"Compute CKA and robust accuracy for {len(todo)} checkpoint(s)",
-                                    key="ck_cmp_go", icon=":material/calculate:"):
-                bar = st.progress(0.0)
-                for i, n in enumerate(todo):
-                    bar.progress(i / len(todo), f"{n}…")
-                    if compute.stored(cka_key[n]) is None:
-                        compute.store(cka_key[n], compute.ensemble_cka(cka_key[n][1], ds, 450, 128, "minibatch"))
-                    pc.evaluate_checkpoint(str(paths[n]), **ekw)
-                st.rerun()
-            table = pd.DataFrame(rows)
-            ui.show_table(table, f"Clean accuracy and mean R/K come from training; average CKA and robust "
-                          f"accuracy (PGD at ε = {eps:g}, "
-                          f"{'white-box' if ekw['surrogate'] is None else 'from ' + sur}) "
-                          "are computed on request. Diverse ensembles: lower R and CKA, higher robust accuracy.",
-                          key="ck_table2", title="comparison", hide_index=True,
-                          column_config=tables.column_config(),
-                          prov=ui.provenance([paths[n] for n in chosen], {**ekw, "cka_n": 450, "cka_batch": 128}))
-            ui.show_figure(pp.checkpoint_comparison_figure(table), "The same numbers as bars.", key="ck_bars",
-                           title="comparison")
-            hist = {n: cache.metadata(paths[n]).get("history") or [] for n in chosen}
-            ui.show_figure(pp.compare_histories_figure(hist, "test_acc"), "Test accuracy while training.",
-                           key="ck_hist_acc", title="history_test_acc")
+        home = cache.metadata(paths[state.active_checkpoint()])["dataset"]  # the active one's dataset
+        same = [n for n in state.ranked(names) if cache.metadata(paths[n])["dataset"] == home]
+        first = [n for n in state.paper_pair(home) if n is not None]  # ENS_U, PARL, then the rest
+        rest = [n for n in same if n not in first and "surrogate" not in n]
+        state.default(f"{K}ck_cmp_{home}", (first + rest)[:5])
+        st.session_state[f"{K}ck_cmp_{home}"] = [n for n in st.session_state[f"{K}ck_cmp_{home}"] if n in names]
+        chosen = st.multiselect("Checkpoints to compare", names, key=f"{K}ck_cmp_{home}",
+                                format_func=state.label)
+        datasets = {cache.metadata(paths[n])["dataset"] for n in chosen}
+        if len(datasets) > 1:
+            st.warning(f"These checkpoints are for different datasets ({', '.join(sorted(datasets))}): "
+                       "their numbers do not compare. Choose checkpoints of one dataset.",
+                       icon=":material/warning:")
+        elif chosen:
+            comparison(chosen, datasets.pop())
+        else:
+            st.info("Choose checkpoints to compare.")
 
 # ------------------------------------------------------------------- upload
 with tab_upload:

@@ -5,7 +5,7 @@ import streamlit as st
 import parl_core as pc
 import parl_core.plots as pp
 
-from dashboard import cache, compute, state, ui
+from dashboard import cache, compute, findings, state, ui
 
 state.through_app()
 
@@ -21,6 +21,7 @@ same = [n for n, p in cache.checkpoints().items() if cache.metadata(p).get("data
 
 c = st.columns(4)
 state.default(f"{K}dv_n", min(450, n_test))
+st.session_state[f"{K}dv_n"] = min(st.session_state[f"{K}dv_n"], n_test)  # another dataset
 state.default_choice(f"{K}dv_batch", [32, 64, 128, 256, 512], 128)
 n = c[0].slider("Test examples", 50, n_test, step=50, key=f"{K}dv_n")
 batch = c[1].select_slider("Minibatch size", [32, 64, 128, 256, 512], key=f"{K}dv_batch",
@@ -29,8 +30,7 @@ estimator = c[2].radio("Estimator", ["minibatch", "full"], key=f"{K}dv_est", hor
                        help="minibatch: unbiased (Nguyen et al. 2021), memory-bounded; "
                             "full: Kornblith's biased estimator on all examples at once.")
 other = [x for x in same if x != active.stem]
-default_b = state.by_method("ce_only", dataset) if cache.metadata(active).get("method") != "ce_only" \
-    else state.by_method("parl", dataset)
+default_b = state.counterpart(active.stem, dataset)  # PARL beside ENS_U, ENS_U beside the rest
 state.default_choice(f"{K}dv_cmp", ["(none)", *other], default_b if default_b in other else "(none)")
 compare = c[3].selectbox("Compare with", ["(none)", *other], key=f"{K}dv_cmp")
 shown = [active.stem] + ([compare] if compare != "(none)" else [])
@@ -49,18 +49,27 @@ if any(v is None for v in have.values()):
         st.caption("Computed on request (seconds on digits); results are kept for everyone.")
         st.stop()
 
-label = {name: f"{pc.method_label(cache.metadata(paths[name])['method'])} ({name})" for name in shown}
-prov = ui.provenance([paths[x] for x in shown], {"dataset": dataset, "split": "test", "n": n, "seed": 0,
-                                                  "batch_size": batch, "estimator": estimator},
+meta = {name: cache.metadata(paths[name]) for name in shown}
+label = {name: f"{pc.method_label(meta[name]['method'])} ({name})" for name in shown}
+prov = ui.provenance([paths[x] for x in shown], {"dataset": dataset, "split": "test", "n": n,
+                                                  "order": "evaluation order", "batch_size": batch,
+                                                  "estimator": estimator},
                      command=f"python -c \"import parl_core as pc; ens, _ = pc.load_checkpoint('{active}'); "
-                             f"x = pc.load_dataset('{dataset}', 'test').subset({n}, seed=0).images; "
+                             f"x = pc.evaluation_subset(pc.load_dataset('{dataset}', 'test'), {n}).images; "
                              f"print(pc.ensemble_cka(ens, x, batch_size={batch}, "
                              f"estimator='{estimator}')['overall'])\"")
 ui.show_figure(pp.cka_curves_figure({label[x]: have[x] for x in shown}),
                "Same-layer CKA of every member pair, layer by layer; the legend gives each pair's "
                "average over layers. Lower curves = members that compute more differently "
-               "(the paper's Figure 2: PARL's stay below ENS_U's in the early layers it regularises).",
+               "(the paper's Figure 2 has PARL's below ENS_U's in the early layers it regularises). "
+               f"Test images: {compute.data_caption(dataset, n)}; {have[active.stem]['estimator']} estimator.",
                key="dv_curves", prov=prov, title="cka_curves")
+parl = next((x for x in shown if meta[x]["method"] == "parl"), None)
+k = min([int((meta[parl].get("params") or {}).get("layers") or 7) if parl else 7]
+        + [len(p["diagonal"]) for x in shown for p in have[x]["pairs"].values()])
+st.markdown(findings.cka_finding({label[x]: have[x] for x in shown},
+                                 {label[x]: meta[x]["method"] for x in shown}, k))
+st.caption("Scale: " + "; ".join(findings.scale_note(x, meta[x]) for x in shown) + ".")
 cols = st.columns(len(shown))
 for col, name in zip(cols, shown):
     with col:

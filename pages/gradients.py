@@ -6,7 +6,7 @@ import streamlit as st
 import parl_core as pc
 import parl_core.plots as pp
 
-from dashboard import cache, compute, state, ui
+from dashboard import cache, compute, findings, state, ui
 
 state.through_app()
 
@@ -31,13 +31,21 @@ def model_label(opt: str) -> str:
     return f"{pc.method_label(cache.metadata(same[n])['method'])} {n} · member {int(i) + 1}"
 
 
+def default_models() -> list[str]:
+    """Two members of ENS_U and two of PARL (the paper's Figure 1: a similar pair and a
+    diverse pair) when the active checkpoint is one of them; else the active one's members."""
+    pair = [n for n in state.paper_pair(dataset) if n is not None]
+    if active.stem in pair and len(pair) == 2 and all(cache.metadata(same[n])["members"] >= 2 for n in pair):
+        return [f"{n}:{i}" for n in pair for i in (0, 1)]
+    return [f"{active.stem}:{i}" for i in range(min(3, meta["members"]))]
+
+
 opts = model_options()
 key = f"{K}gr_models"
-default = [f"{active.stem}:{i}" for i in range(min(3, meta["members"]))]
 if not st.session_state.get(key) or any(o not in opts for o in st.session_state[key]):
-    st.session_state[key] = default
-picked = st.multiselect("Models (up to three, from any checkpoint of this dataset)", opts,
-                        key=key, max_selections=3, format_func=model_label)
+    st.session_state[key] = default_models()
+picked = st.multiselect("Models (up to four, from any checkpoint of this dataset)", opts,
+                        key=key, max_selections=4, format_func=model_label)
 if not picked:
     st.info("Pick at least one model above.")
     st.stop()
@@ -109,6 +117,7 @@ res = compute.example_gradients(refs, dataset, example, layer)
 what = "loss gradient ∇x CE" if layer is None else f"layer-{layer} gradient (PARL's)"
 preds = ", ".join(f"{n}: {test.classes[p]}" for n, p in zip(names, res["preds"]))
 st.markdown(f"**Test example #{example}** — true class **{test.classes[res['y']]}**; predictions {preds}.")
+st.caption(f"Test image from {compute.data_caption(dataset, None)}.")
 prov = ui.provenance([same[o.rsplit(":", 1)[0]] for o in dict.fromkeys(picked)],
                      {"models": picked, "dataset": dataset, "split": "test", "example": example,
                       "gradient": what},
@@ -117,7 +126,9 @@ prov = ui.provenance([same[o.rsplit(":", 1)[0]] for o in dict.fromkeys(picked)],
                              f"print(pc.input_gradients(ens, ds.images[{example}:{example + 1}], "
                              f"ds.labels[{example}:{example + 1}], layer={layer}).shape)\"")
 if test.is_image:
-    ui.show_figure(pp.gradient_maps_figure(res["x"], res["grads"], names), f"The input and each model's "
+    ui.show_figure(pp.gradient_maps_figure(res["x"], res["grads"], names,
+                                           input_label=f"input: {test.classes[res['y']]}"),
+                   f"The input (true class {test.classes[res['y']]}) and each model's "
                    f"{what} for it. Red: raising the pixel raises the loss; blue: lowers it. Similar maps "
                    "mean an attack on one model works on the others.", key="gr_maps", prov=prov,
                    title=f"gradients_example{example}")
@@ -140,6 +151,11 @@ with c[1]:
         st.toggle("Free rotation (WebGL; slow without a GPU)", key=f"{K}gr_webgl",
                   help="A plotly 3-D scene you can drag in any direction. Drawing it takes ~0.5 s "
                        "in a browser without graphics acceleration, the default drawing ~0.03 s.")
+ckpt_label = {g: f"{pc.method_label(cache.metadata(same[g])['method'])} ({g})"
+              for g in dict.fromkeys(o.rsplit(":", 1)[0] for o in picked)}
+st.markdown(findings.angle_finding(
+    res["cos"], {ckpt_label[g]: [k for k, o in enumerate(picked) if o.rsplit(":", 1)[0] == g] for g in ckpt_label},
+    {ckpt_label[g]: cache.metadata(same[g])["method"] for g in ckpt_label}))
 
 # ------------------------------------------------------------------- over the test set
 st.subheader("Over the test set: ENS_U vs PARL")
@@ -150,6 +166,7 @@ c = st.columns(4)
 state.default_choice(f"{K}gr_dist_a", names_all, a0)
 state.default_choice(f"{K}gr_dist_b", names_all, b0)
 state.default(f"{K}gr_dist_n", min(450, n_test))
+st.session_state[f"{K}gr_dist_n"] = min(st.session_state[f"{K}gr_dist_n"], n_test)  # another dataset
 ca = c[0].selectbox("Ensemble A", names_all, key=f"{K}gr_dist_a")
 cb = c[1].selectbox("Ensemble B", names_all, key=f"{K}gr_dist_b")
 n = c[2].slider("Test examples", 50, n_test, step=50, key=f"{K}gr_dist_n")
@@ -165,11 +182,15 @@ if any(v is None for v in have.values()) and st.button("Compute the distribution
         bar.progress((i + 1) / len(keys))
     st.rerun()  # draw again from the store, without the button
 if all(v is not None for v in have.values()):
-    dists = {f"{pc.method_label(cache.metadata(same[lab])['method'])} ({lab})": v for lab, v in have.items()}
+    dist_label = {lab: f"{pc.method_label(cache.metadata(same[lab])['method'])} ({lab})" for lab in have}
+    dists = {dist_label[lab]: v for lab, v in have.items()}
     ui.show_figure(pp.cosine_histogram_figure(dists), "How aligned the members' gradients are, example by "
-                   "example, for every member pair. PARL's mass sits further left (towards −1/(M−1)): "
-                   "its members disagree on the direction an attack should take.", key="gr_hist",
-                   prov=ui.provenance([same[x] for x in keys], {"n": n, "seed": 0, "gradient": what}),
-                   title="cosine_distribution")
+                   "example, for every member pair: 1 = the same direction (an attack transfers), 0 = "
+                   f"perpendicular. Test images: {compute.data_caption(dataset, n)}.",
+                   key="gr_hist", title="cosine_distribution",
+                   prov=ui.provenance([same[x] for x in keys], {"n": n, "order": "evaluation order",
+                                                                "gradient": what}))
+    st.markdown(findings.cosine_finding(dists, {dist_label[lab]: cache.metadata(same[lab])["method"]
+                                                for lab in have}))
 else:
     st.caption("Computed on request (a few seconds on digits); the result is then kept for everyone.")

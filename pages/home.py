@@ -29,8 +29,10 @@ if df.empty:
     st.info("No checkpoints yet: train one on the **Train** page.")
 else:
     ui.show_table(df, "Every ensemble in the checkpoint folder. Clean accuracy is the majority vote "
-                  "on held-out test examples; mean R per layer is the average pairwise gradient "
-                  "cosine (lower = more diverse; its floor is −1/(M−1)).", key="home_ckpts",
+                  "on held-out test examples at the end of training; mean R per layer is the average "
+                  "pairwise gradient cosine (lower = more diverse; its floor is −1/(M−1)); epochs and "
+                  "training images give the scale each was trained at (the paper trains on all 50,000 "
+                  "CIFAR training images).", key="home_ckpts",
                   title="checkpoints", hide_index=True,
                   column_config=tables.column_config(),
                   prov=ui.provenance(settings={"folder": str(config.checkpoint_dir())}))

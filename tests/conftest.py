@@ -66,10 +66,16 @@ def stop_app(proc) -> None:
 
 
 def copy_checkpoints(dest: Path) -> Path:
-    """A writable copy of the shipped checkpoints, so tests never modify them."""
+    """A writable copy of the shipped checkpoints and their shipped (committed) cached
+    results, so tests never modify them."""
     dest.mkdir(parents=True, exist_ok=True)
     for f in (REPO / "checkpoints").glob("*.safetensors"):
         shutil.copy2(f, dest / f.name)
+    shipped = subprocess.run(["git", "ls-files", "checkpoints/.cache"], cwd=REPO,
+                             capture_output=True, text=True).stdout.split()
+    for rel in shipped:
+        (dest / ".cache").mkdir(exist_ok=True)
+        shutil.copy2(REPO / rel, dest / ".cache" / Path(rel).name)
     return dest
 
 

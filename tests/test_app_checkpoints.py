@@ -6,6 +6,7 @@ import pickle
 import pytest
 
 from conftest import REPO, open_page, rerun
+from test_app_cifar_folders import private_checkpoints, shared_checkpoints  # noqa: F401  digits-only folders
 
 PAGE = "pages/checkpoints.py"
 GOOD = (REPO / "checkpoints" / "digits_parl.safetensors").read_bytes()
@@ -92,8 +93,8 @@ def test_classroom_mode_turns_changes_off(private_checkpoints, monkeypatch):
 
 def test_comparison_table(app_env):
     at = _tab(open_page(PAGE), "Compare (Table 2)")
-    assert at.multiselect(key="k_ck_cmp").value[:2] == ["digits_ens_u", "digits_parl"]
-    assert "digits_surrogate" not in at.multiselect(key="k_ck_cmp").value
+    assert at.multiselect(key="k_ck_cmp_digits").value[:2] == ["digits_ens_u", "digits_parl"]
+    assert "digits_surrogate" not in at.multiselect(key="k_ck_cmp_digits").value
     table = at.dataframe[1].value
     assert list(table.checkpoint[:2]) == ["digits_ens_u", "digits_parl"]
     parl = table.set_index("checkpoint").loc["digits_parl"]

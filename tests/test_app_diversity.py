@@ -1,5 +1,6 @@
 """Diversity page (Figure 2) through AppTest."""
 from conftest import open_page, rerun
+from test_app_cifar_folders import shared_checkpoints  # noqa: F401  digits-only folder
 
 PAGE = "pages/diversity.py"
 

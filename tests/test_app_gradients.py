@@ -1,5 +1,6 @@
 """Gradients page (Figure 1) through AppTest."""
 from conftest import open_page, rerun
+from test_app_cifar_folders import shared_checkpoints  # noqa: F401  digits-only folder
 
 PAGE = "pages/gradients.py"
 
@@ -12,7 +13,9 @@ def test_renders_figure_one_for_the_active_checkpoint(app_env):
     at = open_page(PAGE)
     assert _example_line(at).startswith("**Test example #0**")
     assert len(at.get("plotly_chart")) == 3  # maps, angle matrix, 3-D directions
-    assert at.multiselect(key="k_gr_models").value == ["digits_parl:0", "digits_parl:1", "digits_parl:2"]
+    # the paper's Figure 1: a similar pair (two ENS_U members) and a diverse pair (two PARL members)
+    assert at.multiselect(key="k_gr_models").value == ["digits_ens_u:0", "digits_ens_u:1",
+                                                       "digits_parl:0", "digits_parl:1"]
 
 
 def test_example_index_changes_the_view_and_the_url(app_env):

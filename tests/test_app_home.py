@@ -1,5 +1,6 @@
 """Home page and the shared sidebar through Streamlit's AppTest."""
 from conftest import open_page, rerun
+from test_app_cifar_folders import private_checkpoints, shared_checkpoints  # noqa: F401  digits-only folders
 
 
 def test_home_lists_the_shipped_checkpoints(app_env):

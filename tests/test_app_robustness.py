@@ -1,15 +1,16 @@
 """Robustness page through AppTest: nothing heavy runs on first render; a tiny evaluation
 draws the curve, the Table-1 row, the checks, and is cached for the next visit."""
 from conftest import open_page, rerun
+from test_app_cifar_folders import shared_checkpoints  # noqa: F401  digits-only folder
 
 PAGE = "pages/robustness.py"
 
 
 def _small(at, eps="0.1, 0.3"):
-    at.multiselect(key="k_rb_attacks").set_value(["fgsm", "pgd"])
+    at.multiselect(key="k_rb_attacks_digits").set_value(["fgsm", "pgd"])
     at.text_input(key="k_rb_eps_digits").input(eps)
-    at.number_input(key="k_rb_n").set_value(20)
-    at.number_input(key="k_rb_steps").set_value(2)
+    at.number_input(key="k_rb_n_digits").set_value(20)
+    at.number_input(key="k_rb_steps_digits").set_value(2)
     return rerun(at)
 
 

@@ -2,4 +2,5 @@
 never trained (DESIGN §2). One submodule per view; public names re-exported here."""
 from .training import *  # noqa: F401,F403
 from .analysis import *  # noqa: F401,F403
+from .images import *  # noqa: F401,F403
 from .playground import *  # noqa: F401,F403

@@ -1,8 +1,8 @@
 """Figures of the diversity analysis (paper Figures 1-6): arrays in, go.Figure out.
 
-Figure 1: `gradient_maps_figure`, `angle_matrix_figure`, `directions_3d_figure`,
-`cosine_histogram_figure`. Figure 2/6: `cka_heatmap_figure`, `cka_curves_figure`.
-Figures 3-5: `accuracy_vs_eps_figure`. Nothing here trains, computes gradients or shows.
+Figure 1: `angle_matrix_figure`, `directions_3d_figure`, `cosine_histogram_figure`
+(the input and its gradient maps: `images.py`). Figure 2/6: `cka_heatmap_figure`,
+`cka_curves_figure`. Figures 3-5: `accuracy_vs_eps_figure`. Nothing here trains, computes gradients or shows.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from plotly.subplots import make_subplots
 
 from ..gradients import cosine_to_angle, embed_directions
 
-__all__ = ["gradient_maps_figure", "angle_matrix_figure", "directions_3d_figure",
+__all__ = ["angle_matrix_figure", "directions_3d_figure",
            "cosine_histogram_figure", "cka_heatmap_figure", "cka_curves_figure",
            "accuracy_vs_eps_figure", "reduce_channels"]
 
@@ -53,60 +53,6 @@ def reduce_channels(grads, mode: str = "signed") -> np.ndarray:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     return g.sum(1) if mode == "signed" else np.sqrt((g ** 2).sum(1))
-
-
-def _image_trace(x_image):
-    img = _np(x_image)
-    if img.ndim == 3 and img.shape[0] in (1, 3):
-        img = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
-    if img.ndim == 3:  # RGB (H, W, 3)
-        return go.Image(z=np.clip(img * 255, 0, 255).astype(np.uint8), name="input")
-    if img.ndim != 2:
-        raise ValueError(f"x_image must be (C, H, W) with C in (1, 3) or (H, W), got {img.shape}")
-    return go.Heatmap(z=img, colorscale="gray", zmin=0, zmax=1, showscale=False, name="input",
-                      hovertemplate="x=%{x}, y=%{y}<br>pixel %{z:.2f}<extra></extra>")
-
-
-def gradient_maps_figure(x_image, grads, names, mode: str = "signed",
-                         clip_percentile: float = 99, shared_scale: bool = True,
-                         title: str = "Input gradients") -> go.Figure:
-    """Input image and one gradient map per model (Figure 1 (a)-(d)).
-
-    x_image: (C, H, W) or (H, W) in [0, 1]; grads: (M, C, H, W) for that image.
-    Channels reduced by `reduce_channels(mode)`. The colour range is the
-    clip_percentile-th percentile of |map| (outliers saturate), over all maps when
-    shared_scale else per map; signed maps use a diverging scale centred at 0.
-    """
-    maps = reduce_channels(grads, mode)
-    if len(names) != len(maps):
-        raise ValueError(f"names must name each of the {len(maps)} models, got {len(names)}")
-    if not 0 < clip_percentile <= 100:
-        raise ValueError(f"clip_percentile must be in (0, 100], got {clip_percentile}")
-    per = [float(np.percentile(np.abs(m), clip_percentile)) or 1e-12 for m in maps]
-    shared = float(np.percentile(np.abs(maps), clip_percentile)) or 1e-12
-    ranges = [shared] * len(maps) if shared_scale else per
-    fig = make_subplots(1, len(maps) + 1, horizontal_spacing=0.03, subplot_titles=[
-        "input"] + [f"{n}<br>{'±' if mode == 'signed' else '0–'}{r:.2g}"
-                    for n, r in zip(names, ranges)])
-    fig.add_trace(_image_trace(x_image), 1, 1)
-    signed = mode == "signed"
-    for k, (m, r) in enumerate(zip(maps, ranges)):
-        fig.add_trace(go.Heatmap(
-            z=np.clip(m, -r if signed else 0, r), zmin=-r if signed else 0, zmax=r,
-            zmid=0 if signed else None, colorscale="RdBu_r" if signed else "Viridis",
-            name=str(names[k]), showscale=shared_scale and k == len(maps) - 1,
-            colorbar={"title": {"text": "∂loss/∂pixel" if signed else "|∇|"}},
-            hovertemplate="x=%{x}, y=%{y}<br>%{z:.3g}<extra>" + str(names[k]) + "</extra>"),
-            1, k + 2)
-    how = "sum over channels (signed)" if signed else "L2 norm over channels"
-    scale = "shared by all maps" if shared_scale else "per map (in each title)"
-    fig.update_yaxes(autorange="reversed", scaleanchor="x", showticklabels=False)
-    fig.update_xaxes(showticklabels=False, title_text="pixel column")
-    fig.update_layout(title={"text": f"{title}<br><sup>channels: {how}; colour range: "
-                                      f"{clip_percentile:g}th percentile of |value|, {scale}; "
-                                      f"values beyond it saturate</sup>"},
-                      height=330, margin={"t": 110})
-    return fig
 
 
 def _cos_matrix(cos) -> np.ndarray:
@@ -416,12 +362,14 @@ def _curve(tables, attack):
 
 
 def accuracy_vs_eps_figure(tables: dict, attacks=None,
-                           title: str = "Ensemble accuracy under attack") -> go.Figure:
+                           title: str = "Ensemble accuracy under attack", *,
+                           per255: bool = False) -> go.Figure:
     """Accuracy vs ε, one subplot per attack, one line per ensemble (Figures 3-5).
 
     tables: label -> DataFrame (columns attack, eps, acc, ci_low, ci_high; fractions),
     or label -> list of DataFrames (several seeds: mean line, band ± population std). Rows with
     attack "clean" are drawn at ε = 0. attacks: which attacks, in order (default all).
+    per255: also label every ε tick in /255 units (8-bit images such as CIFAR).
     """
     if not tables:
         raise ValueError("tables must map a label to a DataFrame (or a list of them), got none")
@@ -454,9 +402,14 @@ def accuracy_vs_eps_figure(tables: dict, attacks=None,
             fig.add_trace(go.Scatter(x=eps, y=100 * y, mode="lines+markers", name=str(lab),
                                      legendgroup=str(lab), showlegend=a_i == 0,
                                      line={"color": color},
-                                     hovertemplate="ε=%{x:g}: %{y:.1f} %<extra>" + str(lab)
-                                     + "</extra>"), r, c)
+                                     customdata=255 * eps, hovertemplate="ε=%{x:g}"
+                                     + (" (%{customdata:.1f}/255)" if per255 else "")
+                                     + ": %{y:.1f} %<extra>" + str(lab) + "</extra>"), r, c)
     fig.update_xaxes(title_text="ε (pixel units)")
+    if per255:  # a tick at every ε of the grid, written both ways
+        grid = sorted({float(e) for ts in norm.values() for t in ts for e in t["eps"]} | {0.0})
+        fig.update_xaxes(title_text="ε (pixel units; /255 below)", tickvals=grid, tickfont={"size": 10},
+                         ticktext=[f"{e:g}<br>{e * 255:.1f}/255" if e else "0" for e in grid])
     fig.update_yaxes(range=[0, 100])
     for rr in range(1, rows + 1):
         fig.update_yaxes(title_text="accuracy (%)", row=rr, col=1)

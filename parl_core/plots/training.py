@@ -9,8 +9,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 __all__ = ["history_figure", "step_loss_figure", "compare_histories_figure",
-           "checkpoint_comparison_figure", "transfer_matrix_figure", "adversarial_example_figure",
-           "TRAINING_METRICS"]
+           "checkpoint_comparison_figure", "transfer_matrix_figure", "TRAINING_METRICS"]
 
 TRAINING_METRICS = {"test_acc": "ensemble test accuracy", "r_mean": "mean pairwise R/K",
                     "loss": "training loss", "ce": "cross-entropy (Σ members)"}
@@ -107,9 +106,10 @@ def checkpoint_comparison_figure(df, metrics=("clean_acc", "robust_acc", "mean_R
 
 
 def transfer_matrix_figure(matrix, names=None, *, attack: str = "pgd", eps: float | None = None,
-                           height: int = 380) -> go.Figure:
+                           per255: bool = False, height: int = 380) -> go.Figure:
     """(M, M) accuracy of member j (column) on examples crafted on member i (row), as
-    `parl_core.transferability_matrix` returns it; the diagonal is white-box."""
+    `parl_core.transferability_matrix` returns it; the diagonal is white-box. per255: ε
+    also in /255 units in the title (8-bit images)."""
     import numpy as np
     m = np.asarray(matrix, dtype=float)
     if m.ndim != 2 or m.shape[0] != m.shape[1]:
@@ -120,39 +120,9 @@ def transfer_matrix_figure(matrix, names=None, *, attack: str = "pgd", eps: floa
     fig = go.Figure(go.Heatmap(z=m, x=names, y=names, zmin=0, zmax=1, colorscale="RdYlGn",
                                texttemplate="%{z:.0%}", colorbar={"title": {"text": "accuracy"}},
                                hovertemplate="crafted on %{y}, scored on %{x}: %{z:.1%}<extra></extra>"))
-    what = f"{attack.upper()}" + (f", ε = {eps:g}" if eps is not None else "")
+    what = f"{attack.upper()}" + (f", ε = {eps:g}" if eps is not None else "") \
+        + (f" (≈ {eps * 255:.1f}/255)" if eps is not None and per255 else "")
     fig.update_layout(title=f"Transferability between members ({what})", height=height,
                       xaxis_title="scored on", yaxis_title="crafted on", template="plotly_white",
                       yaxis={"autorange": "reversed"})
-    return fig
-
-
-def adversarial_example_figure(x, x_adv, *, magnify: float | None = None, titles=None,
-                               height: int = 300) -> go.Figure:
-    """Clean input, adversarial input and the perturbation (magnified to the full colour
-    range) side by side. x, x_adv: (C, H, W) or (H, W) images in [0, 1]."""
-    import numpy as np
-    a, b = np.asarray(x, dtype=float), np.asarray(x_adv, dtype=float)
-    if a.shape != b.shape or a.ndim not in (2, 3):
-        raise ValueError(f"x and x_adv must be images of the same shape, got {a.shape} and {b.shape}")
-    d = b - a
-    peak = float(np.abs(d).max()) or 1.0
-    magnify = 1.0 / peak if magnify is None else float(magnify)
-    titles = titles or ["clean", "adversarial", f"perturbation<br>×{magnify:.3g} (max {peak:.3f})"]
-    fig = make_subplots(rows=1, cols=3, subplot_titles=titles, horizontal_spacing=0.04)
-
-    def gray(img):
-        return img.mean(0) if img.ndim == 3 and img.shape[0] != 3 else img
-
-    for c, img in ((1, a), (2, b)):
-        if img.ndim == 3 and img.shape[0] == 3:
-            fig.add_trace(go.Image(z=np.clip(img.transpose(1, 2, 0) * 255, 0, 255).astype("uint8")), 1, c)
-        else:
-            fig.add_trace(go.Heatmap(z=gray(img), colorscale="gray", zmin=0, zmax=1, showscale=False), 1, c)
-    dz = d.sum(0) if d.ndim == 3 else d
-    fig.add_trace(go.Heatmap(z=dz * magnify, colorscale="RdBu_r", zmid=0, zmin=-1, zmax=1,
-                             showscale=False), 1, 3)
-    fig.update_yaxes(autorange="reversed", showticklabels=False)
-    fig.update_xaxes(showticklabels=False)
-    fig.update_layout(height=height, margin={"t": 60, "b": 10}, template="plotly_white")
     return fig

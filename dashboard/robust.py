@@ -1,0 +1,100 @@
+"""The Robustness page's settings and estimates (app layer; parl_core evaluates).
+
+DEFAULTS are the settings a page opens with per dataset. CIFAR-10's equal those of the
+black-box results shipped beside the CIFAR checkpoints (checkpoints/.cache), so the page
+shows them at once: change one and the cache key changes with it.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+import parl_core as pc
+
+from . import compute
+
+DEFAULTS = {
+    "cifar10": {"attacks": list(pc.ATTACKS), "steps": 20, "restarts": 1, "n": 1000},
+    "cifar100": {"attacks": list(pc.ATTACKS), "steps": 20, "restarts": 1, "n": 1000},
+}
+CPU_DEFAULTS = {"attacks": ["fgsm", "pgd"], "steps": 10, "restarts": 1, "n": 200}  # seconds on digits
+GPU_DEFAULTS = {"attacks": list(pc.ATTACKS), "steps": 50, "restarts": 1, "n": 1000}
+PAPER = {"attacks": list(pc.ATTACKS), "steps": 50, "restarts": 1, "n": 1000}
+
+
+def defaults(dataset: str, n_test: int, on_cpu: bool) -> dict:
+    """Opening settings for a dataset, n capped by the test-set size."""
+    d = dict(DEFAULTS.get(dataset) or (CPU_DEFAULTS if on_cpu else GPU_DEFAULTS))
+    return {**d, "attacks": list(d["attacks"]), "n": min(int(d["n"]), n_test)}
+
+
+def per255(dataset: str) -> bool:
+    """ε is also written in /255 units for 8-bit images."""
+    return dataset.startswith("cifar")
+
+
+# --------------------------------------------------------------------------- estimates
+def attack_work(attacks, eps, steps: int, restarts: int, n: int) -> int:
+    """Attack steps of one crafting (example × step): Σ over attacks of its steps (FGSM:
+    1) × its restarts (PGD only) × |ε| × n."""
+    return sum((1 if a == "fgsm" else steps) * (restarts if a == "pgd" else 1) * len(eps) * n
+               for a in attacks)
+
+
+def adversarial_rows(attacks, eps, restarts: int, n: int) -> int:
+    """Adversarial examples one crafting produces (each is scored on every target)."""
+    return sum((restarts if a == "pgd" else 1) * len(eps) * n for a in attacks)
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{int(seconds // 3600)} h {round(seconds % 3600 / 60)} min"
+
+
+def estimate(missing: dict, surrogate, dataset: str, *, attacks, eps, steps: int, restarts: int,
+             n: int) -> str:
+    """The work and the time still to do, as a sentence. missing: {target name: Ref} not
+    computed yet; surrogate: its Ref in black-box mode (one crafting for every missing
+    target), None in white-box mode (one crafting per target). Time: the work times one
+    attack step per example, timed on this machine, plus a forward pass of every scored
+    model (each target; in black-box mode the surrogate too) per adversarial example."""
+    work = attack_work(attacks, eps, steps, restarts, n)
+    rows = adversarial_rows(attacks, eps, restarts, n)
+    t = lambda r, what: compute.seconds_per_example(r, dataset, what)  # noqa: E731
+    if surrogate is not None:
+        runs, timed = 1, surrogate
+        seconds = work * t(surrogate, "step") + rows * sum(t(r, "forward") for r in [surrogate, *missing.values()])
+        how = "crafted once on the surrogate" + (f", scored on all {len(missing)} targets"
+                                                 if len(missing) > 1 else "")
+    else:
+        runs, timed = len(missing), next(iter(missing.values()))
+        seconds = sum(work * t(r, "step") + rows * t(r, "forward") for r in missing.values())
+        how = "crafted on each ensemble itself" if runs > 1 else "crafted on the ensemble itself"
+    return (f"Not computed yet for {', '.join(missing)}: {runs * work:,} attack steps ({how}; "
+            f"Σ over attacks of steps × restarts × {len(eps)} ε × {n:,} examples), "
+            f"**about {duration(seconds)} on this machine** (timed here: one attack step took "
+            f"{1000 * t(timed, 'step'):.2g} ms per example). Results are cached beside the "
+            "checkpoint and shown at once next time.")
+
+
+# --------------------------------------------------------------------------- running
+def run(paths: dict, missing: list, kw: dict) -> bool:
+    """Evaluate the missing targets with a progress bar: black-box in one call (the
+    surrogate's examples are crafted once for all of them), white-box one by one."""
+    from . import ui
+    bar = st.progress(0.0, "Starting…")
+    groups = [missing] if kw.get("surrogate") else [[t] for t in missing]
+    for k, group in enumerate(groups):
+        def tick(ev, k=k, group=group):
+            frac = (k + ev.get("done", 0) / max(1, ev.get("total") or 1)) / len(groups)
+            eta = ev.get("eta")
+            bar.progress(min(1.0, frac), f"{', '.join(group)}: {(ev.get('attack') or '').upper()} "
+                         + (f"· about {duration(eta)} left" if eta else ""))
+        try:
+            pc.evaluate_checkpoints([str(paths[t]) for t in group], on_progress=tick, **kw)
+        except (ValueError, RuntimeError) as e:
+            ui.show_error(f"The evaluation of {', '.join(group)} failed", e, "Check the settings above.")
+            return False
+    return True
