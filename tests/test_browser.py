@@ -120,7 +120,7 @@ def test_robustness_curve(app_url, page):
     goto_page(page, app_url, "robustness?checkpoint=digits_parl")
     # the caption counts the work (ensembles x attacks x eps x examples x steps): it changes
     for label, value in (("Examples", 20), ("Steps", 2)):
-        before = page.get_by_text("attack-steps)").first.inner_text()
+        before = page.get_by_text("attack steps (").first.inner_text()
         _set_number(page, label, value, f"() => !document.body.innerText.includes({json.dumps(before)})")
     curve = page.get_by_text("Majority-vote accuracy as the attack budget")
     if page.get_by_role("button", name="Run the evaluation").count():
