@@ -16,7 +16,7 @@ import torch
 
 import parl_core as pc
 
-from . import cache
+from . import cache, config, persist
 
 Ref = tuple  # (path as str, sha256): a checkpoint, hashable for st.cache_data
 
@@ -141,21 +141,52 @@ def _store() -> tuple[OrderedDict, threading.Lock]:
     return OrderedDict(), threading.Lock()
 
 
+def _fingerprint(key: tuple) -> str | None:
+    """The test images a persisted result was computed on: keys ("kind", ref, dataset, n, ...)."""
+    if len(key) < 4 or not isinstance(key[2], str) or not isinstance(key[3], int):
+        return None
+    return _images_fingerprint(key[2], key[3])
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _images_fingerprint(dataset: str, n: int) -> str:
+    import hashlib
+    ds = evaluation_examples(dataset, n)
+    h = hashlib.sha256(ds.images.numpy().tobytes())
+    h.update(ds.labels.numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
 def stored(key: tuple):
-    """A heavy result computed earlier on this server (any session), or None."""
+    """A heavy result computed earlier on this server (any session) or kept on disk beside
+    its checkpoint (dashboard/persist.py), or None."""
     d, lock = _store()
     with lock:
-        return d.get(key)
+        if key in d:
+            return d[key]
+    fp = _fingerprint(key)
+    value = persist.load(key, fp) if fp is not None else None
+    if value is not None:
+        _remember(key, value)
+    return value
 
 
 def store(key: tuple, value, limit: int = 64):
+    """Keep `value` for every session, and on disk unless the server is read-only."""
+    _remember(key, value, limit)
+    fp = _fingerprint(key)
+    if fp is not None and not config.readonly():
+        persist.save(key, fp, value)
+    return value
+
+
+def _remember(key: tuple, value, limit: int = 64):
     d, lock = _store()
     with lock:
         d[key] = value
         d.move_to_end(key)
         while len(d) > limit:
             d.popitem(last=False)
-    return value
 
 
 def cosine_distribution(r: Ref, dataset: str, n: int, layer: int | None) -> dict:

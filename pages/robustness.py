@@ -159,7 +159,7 @@ c = st.columns(3)
 t_attack = c[0].selectbox("Attack", list(attacks), format_func=str.upper, key="rb_t_attack")
 t_eps = c[1].select_slider("ε ", eps, value=eps[-1], key="rb_t_eps", format_func=eps_label)
 t_n = min(int(n), 200)
-t_key = ("transfer", compute.ref(paths[active.stem]), t_attack, t_eps, int(steps), t_n)
+t_key = ("transfer", compute.ref(paths[active.stem]), dataset, t_n, t_attack, t_eps, int(steps))
 matrix = compute.stored(t_key)
 if matrix is None and c[2].button("Compute the matrix", key="rb_t_go", icon=":material/grid_on:"):
     with st.spinner("Attacking each member and scoring the others…"):
