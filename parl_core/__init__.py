@@ -14,6 +14,7 @@ from .checkpoints import save_checkpoint, load_checkpoint, read_metadata, file_h
 from .baselines import adp_loss, gal_loss, dverge_distill  # noqa: E402
 from .gradients import input_gradients, gradient_cosines, cosine_to_angle, cosine_distribution, embed_directions  # noqa: E402
 from .cka import linear_cka, unbiased_cka, minibatch_cka, layerwise_cka, ensemble_cka  # noqa: E402
+from .attacks import ALL_ATTACKS, EXTRA_ATTACKS  # noqa: E402
 from .evaluate import attack, attack_restarts, ATTACKS, robustness_curve, transferability_matrix, RobustnessResult, wilson_interval  # noqa: E402
 from .checkpoint_eval import evaluate_checkpoint, evaluate_checkpoints, cached_evaluation  # noqa: E402
 from .stats import paired_comparison, paired_difference  # noqa: E402

@@ -1,6 +1,8 @@
-"""L∞ attacks in pixel space: FGSM, BIM, MIM and PGD, as the paper's Appendix A uses them.
+"""L∞ attacks in pixel space: the paper's FGSM, BIM, MIM and PGD (Appendix A), and beside
+them APGD-CE, APGD-DLR (`parl_core.apgd`) and the gradient-free Square attack
+(`parl_core.square`), all behind one interface (`attack`, `attack_restarts`).
 
-One loop serves all four; they differ only where their definitions do (DESIGN §2):
+One loop serves the paper's four; they differ only where their definitions do (DESIGN §2):
 
     x^(0)   = x                                   (FGSM, BIM, MIM)
             = Π(x + U(-ε, ε))                     (PGD: uniform random start, per restart)
@@ -11,9 +13,8 @@ One loop serves all four; they differ only where their definitions do (DESIGN §
     x^(k+1) = Π(x^(k) + α·d)                      Π: onto the ε-ball around x, then onto `bounds`
 
 FGSM is one step with α = ε; BIM, MIM and PGD take `steps` steps of α = ε/5 by default.
-J is the cross-entropy of the model's output on the true labels: for an Ensemble the
-log-mean-softmax (`loss="ensemble"`) or the mean of the members' cross-entropies
-(`loss="members"`). Several ε values (and PGD restarts) run batched in one loop: rows
+J is one of ATTACK_LOSSES (`input_loss`): CE, CW margin, DLR, or a loss on the majority
+vote itself (`vote_loss`). Several ε values (and restarts) run batched in one loop: rows
 are laid out (E, R, N) and each row carries its own ε and step size.
 """
 from __future__ import annotations
@@ -30,11 +31,15 @@ import torch.nn.functional as F
 
 from .ensemble import Ensemble, eval_mode
 
-__all__ = ["attack", "attack_restarts", "ATTACKS", "ATTACK_LOSSES", "AttackCancelled",
-           "input_loss", "eval_mode"]
+__all__ = ["attack", "attack_restarts", "ATTACKS", "EXTRA_ATTACKS", "ALL_ATTACKS",
+           "ATTACK_LOSSES", "AttackCancelled", "input_loss", "vote_loss", "eval_mode"]
 
-ATTACKS = ("fgsm", "bim", "mim", "pgd")
-ATTACK_LOSSES = ("ensemble", "members")
+ATTACKS = ("fgsm", "bim", "mim", "pgd")  # the paper's four: the evaluation's default
+EXTRA_ATTACKS = ("apgd-ce", "apgd-dlr", "square")
+ALL_ATTACKS = ATTACKS + EXTRA_ATTACKS
+ATTACK_LOSSES = ("ensemble", "members", "margin", "vote", "dlr")
+RANDOM_ATTACKS = ("pgd", "apgd-ce", "apgd-dlr", "square")  # random starts: restarts, seeds
+_FIXED_LOSS = {"apgd-ce": "ensemble", "apgd-dlr": "dlr", "square": "margin"}  # set by the name
 
 
 class AttackCancelled(Exception):
@@ -58,8 +63,8 @@ class _Spec:
 
 # --------------------------------------------------------------------------- validation
 def _spec(name, eps, steps, step_size, restarts, decay, seed, bounds, loss, early_stop) -> _Spec:
-    if name not in ATTACKS:
-        raise ValueError(f"attack name must be one of {ATTACKS}, got {name!r}")
+    if name not in ALL_ATTACKS:
+        raise ValueError(f"attack name must be one of {ALL_ATTACKS}, got {name!r}")
     eps_list = [eps] if isinstance(eps, Real) else list(eps) if eps is not None else []
     if not eps_list or not all(isinstance(e, Real) and math.isfinite(e) and e >= 0
                                for e in eps_list):
@@ -72,26 +77,31 @@ def _spec(name, eps, steps, step_size, restarts, decay, seed, bounds, loss, earl
         raise ValueError(f"decay must be a number >= 0, got {decay!r}")
     if not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
-    if loss not in ATTACK_LOSSES:
-        raise ValueError(f"loss must be one of {ATTACK_LOSSES}, got {loss!r}")
+    _check_loss(loss)
     if bounds is not None:
         if len(bounds) != 2 or not float(bounds[0]) < float(bounds[1]):
             raise ValueError(f"bounds must be None or (low, high) with low < high, got {bounds!r}")
         bounds = (float(bounds[0]), float(bounds[1]))
     eps_list = [float(e) for e in eps_list]
-    if name == "fgsm":  # one step of size ε; restarts would repeat the same deterministic step
-        alpha, steps = list(eps_list), 1
-    elif step_size is None:
-        alpha = [e / 5 for e in eps_list]
-    else:
+    if step_size is not None:
         sizes = [step_size] * len(eps_list) if isinstance(step_size, Real) else list(step_size)
         if len(sizes) != len(eps_list) or not all(isinstance(a, Real) and a >= 0 for a in sizes):
             raise ValueError(f"step_size must be None, a number >= 0 or one per eps "
                              f"({len(eps_list)}), got {step_size!r}")
-        alpha = [float(a) for a in sizes]
-    restarts = _effective_restarts(name, restarts)  # only PGD's start is random
-    return _Spec(name, eps_list, steps, alpha, restarts, float(decay), seed, bounds, loss,
-                 bool(early_stop))
+    if name == "fgsm":  # one step of size ε; restarts would repeat the same deterministic step
+        alpha, steps = list(eps_list), 1
+    elif name in EXTRA_ATTACKS:  # step_size ignored; recorded: APGD's first step, Square's ±2ε
+        alpha = [2 * e for e in eps_list]
+    else:
+        alpha = [e / 5 for e in eps_list] if step_size is None else [float(a) for a in sizes]
+    restarts = _effective_restarts(name, restarts)  # only random starts make restarts differ
+    return _Spec(name, eps_list, steps, alpha, restarts, float(decay), seed, bounds,
+                 _FIXED_LOSS.get(name, loss), bool(early_stop))
+
+
+def _check_loss(loss):
+    if loss not in ATTACK_LOSSES:
+        raise ValueError(f"loss must be one of {ATTACK_LOSSES}, got {loss!r}")
 
 
 def _check_data(model, x, y, bounds):
@@ -113,26 +123,71 @@ def _model_device(model) -> torch.device:
 
 
 def input_loss(model, x, y, loss: str = "ensemble", *, need_pred: bool = False):
-    """Per-example attacked loss J(x, y) -> (N,), and the model's decision (N,) or None.
+    """Per-example attacked loss J(x, y) -> (N,) (attacks maximise it), and the model's
+    decision (N,) or None.
 
-    Ensemble: cross-entropy of the log-mean-softmax ("ensemble") or the mean of the
-    members' cross-entropies ("members"); its decision is the majority vote. Any other
-    module: cross-entropy of its logits, decision argmax.
+    The output z is an Ensemble's log-mean-softmax (its `forward`) or a module's logits.
+    "ensemble": CE(z, y).  "members": the mean of the members' CE (a module: CE(z, y)).
+    "margin": the CW margin max_{j≠y} z_j − z_y (> 0 iff argmax z is wrong).
+    "dlr": −(z_y − max_{j≠y} z_j) / (z_π1 − z_π3 + 1e−12), z sorted decreasingly (Croce &
+      Hein 2020; needs ≥ 3 classes).  "vote": `vote_loss` of an Ensemble's members; for a
+      module (one voter) it is "margin".
+    Decision: an Ensemble's majority vote (`Ensemble.vote`), a module's argmax.
     """
+    _check_loss(loss)
     if isinstance(model, Ensemble):
         ml = model.member_logits(x)  # (M, N, C)
-        if loss == "ensemble":
-            logp = torch.logsumexp(F.log_softmax(ml, -1), 0) - math.log(len(ml))  # = Ensemble.forward
-            per = F.cross_entropy(logp, y, reduction="none")
-        else:
+        pred = Ensemble.vote(ml.detach()) if need_pred else None
+        if loss == "members":
             m, n, c = ml.shape
             per = F.cross_entropy(ml.reshape(m * n, c), y.repeat(m), reduction="none").view(m, n).mean(0)
-        pred = Ensemble.vote(ml.detach()) if need_pred else None
+        elif loss == "vote":
+            per = vote_loss(ml, y)
+        else:
+            logp = torch.logsumexp(F.log_softmax(ml, -1), 0) - math.log(len(ml))  # = Ensemble.forward
+            per = _output_loss(logp, y, loss)
     else:
         logits = model(x)
-        per = F.cross_entropy(logits, y, reduction="none")
+        per = _output_loss(logits, y, "margin" if loss == "vote" else loss)
         pred = logits.detach().argmax(-1) if need_pred else None
     return per, pred
+
+
+def _output_loss(z, y, loss):
+    """CE, margin or DLR of one output z (N, C) -> (N,)."""
+    if loss in ("ensemble", "members"):
+        return F.cross_entropy(z, y, reduction="none")
+    if loss == "dlr" and z.shape[-1] < 3:
+        raise ValueError(f"the DLR loss (apgd-dlr) needs at least 3 classes, the model has "
+                         f"{z.shape[-1]}")
+    zy = z.gather(1, y[:, None]).squeeze(1)
+    other = z.masked_fill(F.one_hot(y, z.shape[-1]).bool(), -math.inf).amax(1)  # max_{j≠y} z_j
+    if loss == "margin":
+        return other - zy
+    top = z.topk(3, dim=1).values
+    return (other - zy) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def vote_loss(member_logits, y):
+    """The "vote" loss (N,), an attack on the majority vote itself, from (M, N, C) logits.
+
+    Per example a common wrong target t: the class `Ensemble.vote` would pick among j ≠ y
+    (most votes, ties by the mean member probability), recomputed at every call (every
+    step). Member i's margin toward t is m_i = z_i,t − max_{j≠t} z_i,j (> 0 iff i votes t).
+    A majority needs k = ⌊M/2⌋ + 1 members, so only the k members closest to voting t count
+    (3 members: fooling 2 suffices), each clipped softly: −softplus(−m_i) ≈ m_i far from t,
+    → 0 once i votes t, so members voting t stop pulling (weight σ(−m_i)) while the input
+    gradient never becomes exactly zero:  J_vote = −Σ_{i ∈ top-k of m} softplus(−m_i) ≤ 0.
+    """
+    m, n, c = member_logits.shape
+    with torch.no_grad():
+        p = F.softmax(member_logits.float(), -1).mean(0)
+        score = 2.0 * F.one_hot(member_logits.argmax(-1), c).sum(0) + p  # as Ensemble.vote
+        t = score.scatter(1, y[:, None], -math.inf).argmax(1)  # (N,)
+    hot_t = F.one_hot(t, c).bool().expand(m, n, c)
+    zt = member_logits.gather(2, t.view(1, n, 1).expand(m, n, 1)).squeeze(2)
+    margins = zt - member_logits.masked_fill(hot_t, -math.inf).amax(2)  # (M, N)
+    return -F.softplus(-margins.topk(m // 2 + 1, dim=0).values).sum(0)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -152,7 +207,7 @@ def _layout(spec: _Spec, x: torch.Tensor):
     xs = x.unsqueeze(0).unsqueeze(0).expand(e_n, r_n, *x.shape).reshape(rows, *shape)
     lo, hi = xs - eps, xs + eps
     x0 = xs.clone()
-    if spec.name == "pgd":  # uniform random start in the ε-ball, one draw per (restart, ε)
+    if spec.name in ("pgd", "apgd-ce", "apgd-dlr"):  # uniform start in the ε-ball, per (restart, ε)
         x0 = x0.view(e_n, r_n, *x.shape)
         for r in range(r_n):
             for i, e in enumerate(spec.eps):
@@ -175,11 +230,20 @@ def _l1_normalised(grad):
     return torch.where(l1 > 0, grad / l1.clamp_min(1e-30), torch.zeros_like(grad))
 
 
-def _craft(spec: _Spec, model, x, y, *, record_path=False, tick=None, cancel=None, score=False):
-    """Run the attack on every (ε, restart, example) row.
+def _stopper(cancel):
+    """A callable that raises AttackCancelled once `cancel` (an Event or callable) fires."""
+    stop = cancel.is_set if hasattr(cancel, "is_set") else cancel
 
-    Returns x_adv (E, R, N, ...); with `score`, the final loss (E, R, N) and fooled
-    (E, R, N) bool (else None); with record_path, the iterates (steps+1, E, R, N, ...).
+    def check():
+        if stop is not None and stop():
+            raise AttackCancelled()
+    return check
+
+
+def _craft(spec: _Spec, model, x, y, *, record_path=False, tick=None, cancel=None):
+    """Run FGSM/BIM/MIM/PGD on every (ε, restart, example) row.
+
+    Returns x_adv (E, R, N, ...) and, with record_path, the iterates (steps+1, E, R, N, ...).
     """
     e_n, r_n, n = len(spec.eps), spec.restarts, len(x)
     xa, lo, hi, alpha = _layout(spec, x)
@@ -188,10 +252,9 @@ def _craft(spec: _Spec, model, x, y, *, record_path=False, tick=None, cancel=Non
     mom = torch.zeros_like(xa) if spec.name == "mim" else None
     active = None  # row indices still attacked (early stop); None = every row
     path = [xa.clone()] if record_path else None
-    stop = cancel.is_set if hasattr(cancel, "is_set") else cancel
+    check_cancel = _stopper(cancel)
     for _ in range(spec.steps):
-        if stop is not None and stop():
-            raise AttackCancelled()
+        check_cancel()
         sel = slice(None) if active is None else active
         xi = xa[sel].detach().requires_grad_(True)
         per, pred = input_loss(model, xi, yr[sel], spec.loss, need_pred=spec.early_stop)
@@ -210,16 +273,10 @@ def _craft(spec: _Spec, model, x, y, *, record_path=False, tick=None, cancel=Non
             path.append(xa.clone())
         if active is not None and len(active) == 0:
             break
-    out = xa.view(e_n, r_n, n, *x.shape[1:])
-    per = fooled = None
-    if score:  # one more forward, only to pick among restarts
-        with torch.no_grad():
-            per, pred = input_loss(model, xa, yr, spec.loss, need_pred=True)
-        per, fooled = per.view(e_n, r_n, n), (pred != yr).view(e_n, r_n, n)
     if record_path:
         path += [path[-1]] * (spec.steps + 1 - len(path))  # early stop: iterates stay put
         path = torch.stack(path).view(len(path), e_n, r_n, n, *x.shape[1:])
-    return out, per, fooled, path
+    return xa.view(e_n, r_n, n, *x.shape[1:]), path
 
 
 class _AffineBN(nn.Module):
@@ -263,21 +320,36 @@ def _run(name, model, x, y, eps, steps, step_size, restarts, decay, seed, bounds
     spec = _spec(name, eps, steps, step_size, restarts, decay, seed, bounds, loss, early_stop)
     if not isinstance(first_restart, int) or first_restart < 0:
         raise ValueError(f"first_restart must be an int >= 0, got {first_restart!r}")
-    spec.first_restart = first_restart if spec.name == "pgd" else 0
+    if record_path and spec.name not in ATTACKS:
+        raise ValueError(f"return_path is available for {ATTACKS}, got {spec.name!r}")
+    spec.first_restart = first_restart if spec.name in RANDOM_ATTACKS else 0
     _check_data(model, x, y, spec.bounds)
     device = _model_device(model)
     work = _frozen_copy(model)
     modes = eval_mode(model) if work is model else contextlib.nullcontext()
+    xd, yd = x.detach().to(device), y.to(device)
     with modes, torch.enable_grad():
-        out = _craft(spec, work, x.detach().to(device), y.to(device),
-                     record_path=record_path, tick=tick, cancel=cancel, score=score)
+        if spec.name in ATTACKS:
+            adv, path = _craft(spec, work, xd, yd, record_path=record_path, tick=tick, cancel=cancel)
+        else:  # the stronger attacks live in their own modules
+            from . import apgd, square
+            craft = square.craft if spec.name == "square" else apgd.craft
+            adv, path = craft(spec, work, xd, yd, tick=tick, cancel=cancel), None
+        per = fooled = None
+        if score:  # one more forward, only to pick among restarts
+            yr, flat = yd.repeat(adv.shape[0] * adv.shape[1]), adv.reshape(-1, *x.shape[1:])
+            with torch.no_grad():
+                per, pred = input_loss(work, flat, yr, spec.loss, need_pred=True)
+            per, fooled = per.view(adv.shape[:3]), (pred != yr).view(adv.shape[:3])
+    out = (adv, per, fooled, path)
     return spec, tuple(t.to(x.device) if torch.is_tensor(t) else t for t in out)
 
 
 # --------------------------------------------------------------------------- public
 def _effective_restarts(name, restarts) -> int:
-    """Restarts actually run: PGD's `restarts`; 1 for the deterministic attacks."""
-    return restarts if name == "pgd" else 1
+    """Restarts actually run: `restarts` for PGD, APGD and Square; 1 for the deterministic
+    FGSM, BIM and MIM."""
+    return restarts if name in RANDOM_ATTACKS else 1
 
 
 def attack(name, model, x, y, eps, steps=50, step_size=None, restarts=1, decay=0.01, seed=0,
@@ -285,16 +357,25 @@ def attack(name, model, x, y, eps, steps=50, step_size=None, restarts=1, decay=0
            on_step=None, cancel=None):
     """Adversarial examples for (x, y) under an L∞ budget eps.
 
-    name: "fgsm" | "bim" | "mim" | "pgd".  model: nn.Module (logits) or Ensemble.
+    name: one of ALL_ATTACKS: the paper's "fgsm" | "bim" | "mim" | "pgd" (ATTACKS), and
+      "apgd-ce" | "apgd-dlr" (`parl_core.apgd`) | "square" (`parl_core.square`).
+    model: nn.Module (logits) or Ensemble.
     x: (N, ...) inputs within `bounds` ((0, 1) pixels; None: no range, e.g. 2-D data).
     eps: a float -> (N, ...); a list of E floats -> (E, N, ...), crafted in one batched loop.
-    steps, step_size: iterations and α (default ε/5) of BIM/MIM/PGD; FGSM is one step of ε.
-    restarts: PGD random starts; per example the restart that fools the model, and among
-      those (or all, if none does) the one with the highest loss, is returned.
-    decay: MIM's momentum decay (paper: 0.01).  seed: PGD's random starts.
-    loss: "ensemble" (CE of the log-mean-softmax) or "members" (mean of members' CE).
-    early_stop: examples the model already misclassifies stop moving (off: as the paper).
-    return_path: also return the iterates (steps+1, N, ...) from x^(0) (one ε, restarts=1).
+    steps: iterations of BIM/MIM/PGD/APGD; Square's queries after its first; FGSM: 1.
+    step_size: α of BIM/MIM/PGD (default ε/5); ignored by APGD (own schedule) and Square.
+    restarts: random starts of PGD, APGD and Square (seeds `seed`, restart r its own); per
+      example the restart that fools the model, and among those (or all, if none does) the
+      one with the highest loss, is returned. FGSM, BIM and MIM are deterministic: 1.
+    decay: MIM's momentum decay (paper: 0.01).  seed: the random starts.
+    loss: FGSM/BIM/MIM/PGD's loss, one of ATTACK_LOSSES (`input_loss`): "ensemble" (CE of
+      the log-mean-softmax), "members" (members' mean CE), "margin" (CW), "vote" (the
+      majority vote, `vote_loss`), "dlr". The names fix APGD-CE's ("ensemble"), APGD-DLR's
+      ("dlr") and Square's ("margin").
+    early_stop: examples the model already misclassifies stop moving (off: as the paper);
+      Square always stops querying an example once the model is fooled (as published).
+    return_path: also return the iterates (steps+1, N, ...) from x^(0) (one ε, restarts=1;
+      FGSM, BIM, MIM and PGD only).
     on_step(rows): called after each step; cancel: an Event (or callable) that aborts
       with AttackCancelled.
     Every output satisfies ‖x_adv − x‖∞ ≤ ε and lies within bounds. The model is attacked
@@ -326,9 +407,9 @@ def attack_restarts(name, model, x, y, eps, steps=50, step_size=None, restarts=1
 
     Same arguments as `attack`. An evaluation counts an example as robust only if the
     scored model classifies every restart's example correctly (DESIGN §3). FGSM, BIM and
-    MIM are deterministic, so they return R = 1. first_restart: PGD's restarts are
-    first_restart … first_restart + restarts − 1 of the same seed, so an evaluation split
-    into passes over restarts draws exactly the starts of one pass over all of them.
+    MIM are deterministic, so they return R = 1. first_restart: PGD's, APGD's and Square's
+    restarts are first_restart … first_restart + restarts − 1 of the same seed, so passes
+    over subsets of the restarts draw exactly what one pass over all of them draws.
     """
     _, (adv, _, _, _) = _run(name, model, x, y, eps, steps, step_size, restarts, decay, seed,
                              bounds, loss, early_stop, False, on_step, cancel,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import signal
 import threading
 
-from .attacks import ATTACKS
+from .attacks import ALL_ATTACKS, ATTACKS
 from .progress import Progress
 
 
@@ -23,7 +23,9 @@ def add_evaluate(sub, common):
     p.add_argument("--surrogate", default=None, metavar="CKPT",
                    help="craft the examples on this ensemble (black-box transfer)")
     p.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated subset of "
-                   f"{','.join(ATTACKS)}")
+                   f"{','.join(ALL_ATTACKS)} (default: the paper's four)")
+    p.add_argument("--square-queries", type=int, default=None, metavar="Q",
+                   help="Square's query budget (default: --steps)")
     p.add_argument("--eps", default=None, help="comma-separated eps (default: the dataset's grid)")
     p.add_argument("--n", type=int, default=1000, help="test examples (the canonical first n)")
     p.add_argument("--steps", type=int, default=50)
@@ -82,7 +84,8 @@ def cmd_evaluate(args) -> int:
 
     kw = dict(surrogate=args.surrogate, n_examples=args.n, seed=args.seed,
               attacks=[a.strip() for a in args.attacks.split(",") if a.strip()], eps=eps,
-              steps=args.steps, step_size=args.step_size, restarts=args.restarts,
+              steps=({"default": args.steps, "square": args.square_queries}
+                     if args.square_queries else args.steps), step_size=args.step_size, restarts=args.restarts,
               decay=args.decay, early_stop=args.early_stop, loss=args.loss,
               batch_size=args.batch_size, restart_select=args.restart_select)
     old = signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -33,7 +33,8 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .attacks import ATTACKS, AttackCancelled, _spec, attack, attack_restarts, eval_mode  # noqa: F401
+from .attacks import (ALL_ATTACKS, ATTACKS, AttackCancelled, _spec, attack,  # noqa: F401
+                      attack_restarts, eval_mode)
 from .ensemble import Ensemble
 from .memory import rows_per_pass
 from .sanity import run_checks
@@ -97,7 +98,7 @@ class RobustnessResult:
         s = self.settings
         head = (f"{s.get('checkpoint', 'ensemble')}: {s.get('mode')}"
                 + (f" from {s['surrogate']}" if s.get("surrogate") else "")
-                + f", {s.get('n')} examples, {s.get('steps')} steps, PGD restarts {s.get('restarts')}"
+                + f", {s.get('n')} examples, {s.get('steps')} steps, restarts {s.get('restarts')}"
                 + (f" (restart rule: {s['restart_select']})" if s.get("restart_select") else ""))
         cols = ["attack", "eps", "acc", "ci_low", "ci_high"] + \
             [c for c in self.table.columns if c.startswith("member_acc_")] + ["source_acc"]
@@ -181,9 +182,9 @@ class _Progress:
 
 def _validate(attacks, eps, batch_size):
     attacks = (attacks,) if isinstance(attacks, str) else tuple(attacks)
-    bad = [a for a in attacks if a not in ATTACKS]
+    bad = [a for a in attacks if a not in ALL_ATTACKS]
     if not attacks or bad or len(set(attacks)) != len(attacks):
-        raise ValueError(f"attacks must be distinct names from {ATTACKS}, got {attacks!r}")
+        raise ValueError(f"attacks must be distinct names from {ALL_ATTACKS}, got {attacks!r}")
     if eps is None:
         raise ValueError("eps is required: a number or a list (see parl_core.default_eps_grid)")
     eps = [eps] if isinstance(eps, Real) else list(eps)
@@ -221,6 +222,14 @@ def _crafted(spec, source, x, y, rows, prog=None, cancel=None):
             yield slice(start, start + len(xb)), e0, e1, r0, adv
 
 
+def _steps_for(steps, name: str) -> int:
+    """An attack's steps: `steps`, or `steps[name]` when a dict gives them per attack
+    (e.g. Square's queries), else steps["default"] (50)."""
+    if isinstance(steps, dict):
+        return steps.get(name, steps.get("default", 50))
+    return steps
+
+
 # --------------------------------------------------------------------------- the curve
 RESTART_RULES = ("source", "target", "mean")
 
@@ -244,7 +253,9 @@ def robustness_curve(target, x, y, *, attacks=ATTACKS, eps=None, surrogate=None,
     target: Ensemble or nn.Module, or a list of them -> a list of results. surrogate: with
     one, the examples are crafted on it once and scored on every target (black-box
     transfer), else on each target (white-box). x (N, ...), y (N,): the evaluation
-    examples. Attack parameters as in `parl_core.attack`; `restarts` applies to PGD.
+    examples. Attacks: any of `parl_core.attacks.ALL_ATTACKS` (the paper's four, APGD-CE,
+    APGD-DLR, Square). Attack parameters as in `parl_core.attack`; `steps` may be a dict per
+    attack ({"square": 1000, "default": 50}); `restarts` applies to PGD, APGD and Square.
     restart_select: how PGD's restarts combine into one verdict per example —
       "target": robust only if the scored model classifies every restart's example
         correctly (the worst case; default white-box);
@@ -295,7 +306,8 @@ def _curve(targets, x, y, *, attacks, eps, surrogate, steps, step_size, restarts
                      "(the surrogate being fooled says little about the target).")
     kw = dict(steps=steps, step_size=step_size, restarts=restarts, decay=decay, bounds=bounds,
               loss=loss, early_stop=early_stop and not black)
-    specs = {a: _spec(a, eps, seed=seed, **kw) for a in attacks}  # validates every parameter
+    specs = {a: _spec(a, eps, seed=seed, **dict(kw, steps=_steps_for(steps, a)))
+             for a in attacks}  # validates every parameter
     source, mode = (surrogate, "black-box") if black else (targets[0], "white-box")
     x, y = x.detach().cpu(), y.detach().cpu()
     n = len(x)

@@ -38,6 +38,8 @@ def run_checks(df, specs, kw, target, source, x, y, cap, mode) -> list:
         checks += [_check_iterative(attacked), _check_largest(attacked, "acc", "white-box")]
     else:
         checks.append(_check_largest(attacked, "source_acc", "black-box"))
+    if "square" in set(attacked.attack) and set(attacked.attack) & GRADIENT_ATTACKS:
+        checks.append(_check_gradient_free(attacked))
     share = _zero_grad_share(source, x, y, kw["loss"], cap)
     who = "target" if source is target else "surrogate"
     checks.append(_check("zero gradients", share <= 0.01,
@@ -45,6 +47,25 @@ def run_checks(df, specs, kw, target, source, x, y, cap, mode) -> list:
                          f"on the attacked model ({who})" + ("" if share <= 0.01 else
                          ": gradient masking; gradient attacks understate its weakness")))
     return checks
+
+
+GRADIENT_ATTACKS = {"fgsm", "bim", "mim", "pgd", "apgd-ce", "apgd-dlr"}
+
+
+def _check_gradient_free(attacked) -> dict:
+    """Gradient-free Square should not beat every gradient attack: if it does (beyond noise:
+    its upper 95 % bound below their best), gradients are masked or the attacks too weak."""
+    sq = attacked[attacked.attack == "square"].set_index("eps")
+    grad = attacked[attacked.attack.isin(GRADIENT_ATTACKS)]
+    beaten = []
+    for e, g in grad.groupby("eps"):
+        if e in sq.index and sq.loc[e, "ci_high"] < g.acc.min():
+            beaten.append(f"ε {e:g}: square {sq.loc[e, 'acc']:.3f} < best gradient attack "
+                          f"{g.acc.min():.3f} ({g.loc[g.acc.idxmin(), 'attack']})")
+    return _check("gradient-free <= gradient", not beaten,
+                  "the gradient-free attack (Square) is not stronger than the gradient attacks"
+                  if not beaten else "the gradient-free Square attack beats every gradient attack "
+                  "(gradient masking, or the gradient attacks need more steps): " + "; ".join(beaten))
 
 
 def _check_eps0(df, specs, kw, target, source, x, y, cap) -> dict:

@@ -221,3 +221,14 @@ def test_cli_evaluate(ckpts, capsys):
     assert pc.RobustnessResult.from_json(ckpts / "o.json").settings["restarts"] == 2
     assert cli_main(["evaluate", target, "--attacks", "cw", "--quiet"]) == 2
     assert "attacks" in capsys.readouterr().err
+
+
+def test_gradient_free_check_flags_square_beating_every_gradient_attack():
+    def rows(sq):
+        base = {"mode": "white-box", "n": 400, "eps": 0.1, "ci_low": 0.0}
+        return pd.DataFrame([{**base, "attack": "pgd", "acc": 0.6, "ci_high": 0.65},
+                             {**base, "attack": "apgd-ce", "acc": 0.55, "ci_high": 0.6},
+                             {**base, "attack": "square", "acc": sq, "ci_high": sq + 0.05}])
+    bad = sanity._check_gradient_free(rows(0.2))
+    assert not bad["ok"] and "masking" in bad["detail"] and "apgd-ce" in bad["detail"]
+    assert sanity._check_gradient_free(rows(0.52))["ok"]  # within noise of the best
