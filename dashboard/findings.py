@@ -36,9 +36,13 @@ def _curve(table, attack) -> dict:
     return {float(r.eps): (float(r.acc), float(r.ci_low), float(r.ci_high)) for r in t.itertuples()}
 
 
-def robustness_finding(tables: dict, methods: dict, attacks, *, per255: bool = False) -> str:
-    """PARL vs ENS_U on the same attack: the accuracy difference at every ε, whether the
-    95 % intervals are apart, and the verdict. tables: {label: RobustnessResult.table}."""
+def robustness_finding(tables: dict, methods: dict, attacks, *, per255: bool = False,
+                       paired=None) -> str:
+    """PARL vs ENS_U on the same attack: the accuracy difference at every ε, whether it is
+    beyond noise, and the verdict. tables: {label: RobustnessResult.table}. paired: the
+    paired comparison of the two on the same examples (`pc.paired_comparison(ens_u, parl)`,
+    a DataFrame), when both results kept their verdicts: then "beyond noise" is the exact
+    McNemar test at 5 %, else non-overlapping 95 % intervals."""
     parl, ens_u = _pair(methods)
     if parl is None or ens_u is None:
         return ("Add a PARL and an ENS_U ensemble of this dataset (as target or under *Also show*) "
@@ -50,13 +54,31 @@ def robustness_finding(tables: dict, methods: dict, attacks, *, per255: bool = F
     if not eps:
         return f"{main.upper()}: the two results share no ε to compare."
     diff = {x: p[x][0] - e[x][0] for x in eps}
-    apart = [x for x in eps if p[x][1] > e[x][2] or e[x][1] > p[x][2]]  # intervals do not overlap
+    pv = {}
+    if paired is not None and len(paired):
+        rows = paired[paired["attack"] == main]
+        pv = {float(r.eps): float(r.p_value) for r in rows.itertuples()}
+    if pv and all(x in pv for x in eps):
+        apart = [x for x in eps if pv[x] < 0.05]
+    else:
+        pv = {}
+        apart = [x for x in eps if p[x][1] > e[x][2] or e[x][1] > p[x][2]]  # intervals apart
     up, down = [x for x in apart if diff[x] > 0], [x for x in apart if diff[x] < 0]
     mean = float(np.mean(list(diff.values())))
     text = (f"{main.upper()}: PARL − ENS_U accuracy at ε = "
             + ", ".join(f"{eps_text(x, per255)}: {100 * diff[x]:+.1f}" for x in eps)
             + f" points (mean {100 * mean:+.1f}). ")
-    if not apart:
+    if pv:
+        text += ("Paired on the same examples (exact McNemar test): p = "
+                 + ", ".join(f"{pv[x]:.2g}" for x in eps) + "; ")
+        if not apart:
+            text += "no difference is significant at 5 %. "
+        elif len(apart) == len(eps):
+            text += "significant at 5 % at every ε. "
+        else:
+            text += (f"significant at 5 % at ε = {_fmt_list(f'{x:g}' for x in apart)} "
+                     f"({len(apart)} of {len(eps)}). ")
+    elif not apart:
         text += "The 95 % intervals overlap at every ε. "
     elif len(apart) == len(eps):
         text += "The 95 % intervals are apart at every ε. "

@@ -98,3 +98,16 @@ def run(paths: dict, missing: list, kw: dict) -> bool:
             ui.show_error(f"The evaluation of {', '.join(group)} failed", e, "Check the settings above.")
             return False
     return True
+
+
+def paired(results: dict, methods: dict):
+    """PARL − ENS_U row by row on the same examples (pc.paired_comparison), or None when the
+    two are not both there or were not evaluated on the same examples with verdicts."""
+    parl = next((t for t, m in methods.items() if m == "parl"), None)
+    ens_u = next((t for t, m in methods.items() if m == "ce_only"), None)
+    if parl is None or ens_u is None:
+        return None
+    try:
+        return pc.paired_comparison(results[ens_u], results[parl])
+    except (ValueError, KeyError):
+        return None

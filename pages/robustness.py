@@ -123,7 +123,8 @@ ui.show_figure(pp.accuracy_vs_eps_figure({label[t]: results[t].table for t in ta
                f"A robust ensemble's curve falls slowly. Test images: {used}.",
                key="rb_curve", prov=prov, title="accuracy_vs_eps")
 st.markdown(findings.robustness_finding({label[t]: results[t].table for t in targets},
-                                        {label[t]: methods[t] for t in targets}, attacks, per255=p255))
+                                        {label[t]: methods[t] for t in targets}, attacks, per255=p255,
+                                        paired=robust.paired(results, methods)))
 st.caption("Scale: " + "; ".join(findings.scale_note(t, cache.metadata(paths[t]))
                                   for t in targets + ([surrogate] if surrogate else [])) + ".")
 for w in res.warnings:

@@ -67,3 +67,20 @@ def test_work_counts_each_attack_with_its_own_steps_and_restarts():
     assert robust.attack_work(["fgsm"], [0.1], 50, 5, 7) == 7
     assert robust.adversarial_rows(["fgsm", "pgd"], [0.1, 0.2], 3, 10) == (1 + 3) * 2 * 10
     assert [robust.duration(s) for s in (0.2, 75, 600, 7260)] == ["1 s", "75 s", "10 min", "2 h 1 min"]
+
+
+def test_paired_test_decides_when_the_results_kept_their_verdicts():
+    import pandas as pd
+    tables = {"PARL": pd.DataFrame({"attack": ["pgd"] * 2, "eps": [0.01, 0.03], "acc": [0.50, 0.30],
+                                    "ci_low": [0.46, 0.27], "ci_high": [0.54, 0.33]}),
+              "ENS_U": pd.DataFrame({"attack": ["pgd"] * 2, "eps": [0.01, 0.03], "acc": [0.47, 0.25],
+                                     "ci_low": [0.43, 0.22], "ci_high": [0.51, 0.28]})}
+    methods = {"PARL": "parl", "ENS_U": "ce_only"}
+    overlap = findings.robustness_finding(tables, methods, ["pgd"])
+    assert "intervals overlap at every" in overlap and "not shown" in overlap  # unpaired: noise
+    paired = pd.DataFrame({"attack": ["pgd", "pgd"], "eps": [0.01, 0.03], "p_value": [0.2, 0.001]})
+    text = findings.robustness_finding(tables, methods, ["pgd"], paired=paired)
+    assert "exact McNemar test): p = 0.2, 0.001" in text and "significant at 5 % at ε = 0.03" in text
+    assert "**PARL is more robust than ENS_U here.**" in text
+    none = findings.robustness_finding(tables, methods, ["pgd"], paired=paired.assign(p_value=0.5))
+    assert "no difference is significant" in none and "not shown to be more robust" in none
