@@ -7,6 +7,10 @@ normalisation) plus method, hyperparameters, seed, epochs, history, library
 version and creation time. Loading never unpickles: safetensors stores raw tensors
 and the metadata is JSON, so a checkpoint from a stranger cannot run code.
 Writes are atomic: a temporary file in the same folder, then a rename.
+
+Reading and writing go through one validation (parl_core.schema): the header, its
+metadata and its tensor table are checked against the declared architecture before
+anything is allocated, and weights must be finite. Every refusal is a CheckpointError.
 """
 from __future__ import annotations
 
@@ -18,23 +22,21 @@ import re
 import tempfile
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from . import __version__
 from .ensemble import Ensemble
-from .models import ARCHS, build_model
+from .models import build_model
+from .schema import (FORMAT_VERSION, META_KEY, CheckpointError, check_finite, header_length,
+                     parse_header, validate_metadata)
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_metadata", "file_hash", "FORMAT_VERSION",
-           "list_checkpoints", "sanitize_name", "CheckpointError"]
+           "list_checkpoints", "sanitize_name", "CheckpointError", "validate_metadata"]
 
-FORMAT_VERSION = 1
-_META_KEY = "parl"
-
-
-class CheckpointError(ValueError):
-    """A file that is not a valid PARL Lab checkpoint (the message says why)."""
+_META_KEY = META_KEY
 
 
 def sanitize_name(name: str) -> str:
@@ -63,7 +65,9 @@ def save_checkpoint(path, ens: Ensemble, meta: dict | None = None, *, overwrite:
 
     meta: any JSON-serialisable dict (method, params, dataset, seed, history, ...);
     the model config, member count, format and library version and creation time are
-    added. overwrite=False refuses to replace an existing file.
+    added. overwrite=False refuses to replace an existing file. The result must pass
+    the checks `load_checkpoint` applies (parl_core.schema): CheckpointError otherwise,
+    e.g. for NaN weights or a non-finite hyperparameter, and nothing is written.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -81,11 +85,18 @@ def save_checkpoint(path, ens: Ensemble, meta: dict | None = None, *, overwrite:
     full.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     try:
         meta_json = json.dumps(full)
-    except TypeError as e:
-        raise ValueError(f"checkpoint metadata must be JSON-serialisable: {e}") from e
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint metadata must be JSON-serialisable: {e}") from e
     tensors = {f"member{i}.{k}": v.detach().cpu().contiguous()
                for i, m in enumerate(ens.members) for k, v in m.state_dict().items()}
-    data = st_save(tensors, metadata={_META_KEY: meta_json})
+    try:  # what is written must pass exactly the checks a reader applies
+        validate_metadata(json.loads(meta_json))
+        for i, m in enumerate(ens.members):
+            check_finite(m, f"member {i}")
+        data = st_save(tensors, metadata={_META_KEY: meta_json})
+        parse_header(data[:8 + header_length(data[:8], len(data))], len(data))
+    except CheckpointError as e:
+        raise CheckpointError(f"not saving {path}: {e}") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
     try:
@@ -107,75 +118,52 @@ def _refuse_pickle(head: bytes, where: str) -> None:
                               "PARL Lab never unpickles files (they can run code)")
 
 
-def _header(raw: bytes, where: str) -> dict:
-    _refuse_pickle(raw, where)
-    if len(raw) < 8:
-        raise CheckpointError(f"{where} is too short to be a safetensors file ({len(raw)} bytes)")
-    n = int.from_bytes(raw[:8], "little")
-    if n <= 0 or 8 + n > len(raw):
-        raise CheckpointError(f"{where} is truncated or not a safetensors file "
-                              f"(header of {n} bytes, file of {len(raw)} bytes)")
+def _read_header(f, path: Path) -> tuple[bytes, int, dict]:
+    """(header bytes, file size, validated metadata) from an open file: reads 8 bytes,
+    then at most MAX_HEADER_BYTES, and checks everything the header says, the tensor
+    table against the declared architecture included, before any weight is read."""
+    size = os.fstat(f.fileno()).st_size
+    first = f.read(8)
+    _refuse_pickle(first, str(path))
     try:
-        header = json.loads(raw[8:8 + n])
-    except ValueError as e:
-        raise CheckpointError(f"{where}: unreadable safetensors header ({e})") from e
-    meta = (header.get("__metadata__") or {}).get(_META_KEY)
-    if meta is None:
-        raise CheckpointError(f"{where} is a safetensors file but not a PARL Lab checkpoint "
-                              f"(no '{_META_KEY}' metadata)")
-    try:
-        return json.loads(meta)
-    except ValueError as e:
-        raise CheckpointError(f"{where}: metadata is not valid JSON ({e})") from e
-
-
-def _check_meta(meta: dict, where: str) -> None:
-    v = meta.get("format_version")
-    if not isinstance(v, int):
-        raise CheckpointError(f"{where}: metadata has no format_version")
-    if v > FORMAT_VERSION:
-        raise CheckpointError(f"{where} was written by a newer PARL Lab (format {v}; this is "
-                              f"{__version__}, format {FORMAT_VERSION}): upgrade parl_core to read it")
-    cfgs = meta.get("member_configs")
-    if not isinstance(cfgs, list) or not cfgs or len(cfgs) != meta.get("members"):
-        raise CheckpointError(f"{where}: metadata lacks member_configs for its members")
-    for c in cfgs:
-        if not isinstance(c, dict) or c.get("arch") not in ARCHS:
-            raise CheckpointError(f"{where}: unknown architecture {c.get('arch') if isinstance(c, dict) else c!r}"
-                                  f" (this version knows {', '.join(ARCHS)})")
+        n = header_length(first, size)
+        head = first + f.read(n)
+        _, meta = parse_header(head, size)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    return head, size, meta
 
 
 def read_metadata(path) -> dict:
-    """The JSON metadata of a checkpoint, without loading its weights."""
+    """The JSON metadata of a checkpoint, validated with its header, without loading its
+    weights. Raises CheckpointError for anything that is not a valid checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
     with open(path, "rb") as f:
-        head = f.read(8)
-        _refuse_pickle(head, str(path))
-        n = int.from_bytes(head, "little") if len(head) == 8 else 0
-        raw = head + (f.read(n) if 0 < n < 100_000_000 else f.read())
-    size = path.stat().st_size
-    if len(head) == 8 and 0 < n and 8 + n > size:
-        raise CheckpointError(f"{path} is truncated (header of {n} bytes, file of {size} bytes)")
-    meta = _header(raw if len(raw) >= 8 + n else raw + b"\0", str(path))
-    _check_meta(meta, str(path))
-    return meta
+        return _read_header(f, path)[2]
 
 
 def load_checkpoint(path, *, device=None) -> tuple[Ensemble, dict]:
-    """Rebuild the ensemble stored at `path`; returns (ens, meta), models in eval mode."""
+    """Rebuild the ensemble stored at `path`; returns (ens, meta), models in eval mode.
+
+    The header is validated first (read_metadata's checks); only then are the weights
+    read, loaded strictly and required finite."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    raw = path.read_bytes()
-    meta = _header(raw, str(path))
-    _check_meta(meta, str(path))
+    with open(path, "rb") as f:
+        head, size, meta = _read_header(f, path)
+        raw = head + f.read(size - len(head) + 1)
+    if len(raw) != size:
+        raise CheckpointError(f"{path}: the file changed while it was read ({len(raw)} bytes "
+                              f"read, {size} expected)")
     try:
         tensors = st_load(raw)
     except (SafetensorError, Exception) as e:
         raise CheckpointError(f"{path}: cannot read weights ({type(e).__name__}: {e}); "
                               "the file may be truncated or corrupt") from e
+    del raw
     members = []
     for i, cfg in enumerate(meta["member_configs"]):
         cfg = dict(cfg)
@@ -186,17 +174,35 @@ def load_checkpoint(path, *, device=None) -> tuple[Ensemble, dict]:
         except (KeyError, ValueError) as e:
             raise CheckpointError(f"{path}: member {i} config is invalid ({e})") from e
         prefix = f"member{i}."
-        sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        sd = {k[len(prefix):]: tensors.pop(k) for k in [k for k in tensors if k.startswith(prefix)]}
         try:
-            m.load_state_dict(sd, strict=True)
+            with torch.no_grad():
+                m.load_state_dict(sd, strict=True)
         except RuntimeError as e:
             raise CheckpointError(f"{path}: member {i} weights do not fit a {cfg['arch']} "
                                   f"({str(e).splitlines()[0]})") from e
+        check_finite(m, f"{path}: member {i}")
+        _check_normalisation(m, cfg, f"{path}: member {i}")
         members.append(m)
     ens = Ensemble(members).eval()
     if device is not None:
         ens.to(device)
     return ens, meta
+
+
+def _check_normalisation(m, cfg: dict, where: str) -> None:
+    """The mean/std buffers loaded from the file must be the ones the metadata declares
+    (the pages show the metadata; the model uses the buffers)."""
+    for key in ("mean", "std"):
+        want = cfg.get(key)
+        if want is None:
+            continue
+        got = getattr(m, key).flatten()
+        if not torch.allclose(got, torch.tensor(want, dtype=got.dtype), rtol=1e-3, atol=1e-6):
+            raise CheckpointError(f"{where}: tensor {key} {[round(x, 4) for x in got.tolist()][:8]} "
+                                  f"differs from the metadata's {key} {want[:8]}")
+    if not bool((m.std > 0).all()):
+        raise CheckpointError(f"{where}: tensor std must be positive")
 
 
 def list_checkpoints(folder="checkpoints") -> list[Path]:
