@@ -6,6 +6,7 @@
   info      a checkpoint's metadata, history summary and accuracy.
   evaluate  robustness of checkpoints under attack (parl_core.cli_evaluate).
   data      download CIFAR-10/100 into the data root (parl_core.download).
+  reproduce the paper's experiments at a scale into a report (parl_core.reproduce).
 
 Progress goes to stderr: a bar on a terminal, plain lines in a log file; --quiet hides
 the progress but keeps the per-epoch lines. --threads N sets torch's CPU threads.
@@ -25,6 +26,7 @@ import torch
 from . import __version__
 from .cli_evaluate import add_evaluate
 from .download import add_data_command
+from .reproduce import add_reproduce_command
 from .checkpoints import load_checkpoint, read_metadata, sanitize_name, save_checkpoint
 from .data import DATASETS, TOY_2D, load_dataset
 from .losses import METHODS, method_label
@@ -260,6 +262,7 @@ def main(argv=None) -> int:
     _add_info(sub)
     add_evaluate(sub, common)
     add_data_command(sub)
+    add_reproduce_command(sub, common)
     args = parser.parse_args(argv)
     threads = getattr(args, "threads", None)
     if threads is not None:
