@@ -83,6 +83,8 @@ def _add_train(sub, common):
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.0,
+                   help="Adam's L2 penalty (paper: 0; the DVERGE/TRS references: 1e-4)")
     p.add_argument("--schedule", default="cosine", choices=SCHEDULES)
     p.add_argument("--train-subset", type=int, default=None, help="train on N seeded examples")
     p.add_argument("--eval-size", type=int, default=2000, help="test examples per epoch (0 = all)")
@@ -108,7 +110,10 @@ def _run_settings(args, params) -> dict:
     """What must match for --resume to continue a run exactly."""
     keys = ("dataset", "arch", "width", "members", "method", "epochs", "batch_size", "lr",
             "schedule", "train_subset", "eval_size", "seed", "no_augment", "init")
-    return {**{k: getattr(args, k) for k in keys}, "params": params}
+    out = {**{k: getattr(args, k) for k in keys}, "params": params}
+    if args.weight_decay:  # absent when 0, so runs interrupted before the option resume
+        out["weight_decay"] = args.weight_decay
+    return out
 
 
 def cmd_train(args) -> int:
@@ -153,7 +158,7 @@ def cmd_train(args) -> int:
     command = "python -m parl_core " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
         if sys.argv and sys.argv[0].endswith(("parl_core", "__main__.py", "cli.py")) else None
     meta_kw = dict(method=args.method, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
-                   lr=args.lr, schedule=args.schedule, augment=not args.no_augment,
+                   lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule, augment=not args.no_augment,
                    train_subset=args.train_subset, command=command, init=args.init)
     prog = Progress("train", quiet=args.quiet)
     stop = threading.Event()
@@ -175,7 +180,7 @@ def cmd_train(args) -> int:
                      batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, seed=args.seed,
                      device=args.device, augment=None if not args.no_augment else False, amp=args.amp,
                      eval_size=args.eval_size or None, on_progress=on_progress, cancel=stop,
-                     resume=resume, **params)
+                     resume=resume, weight_decay=args.weight_decay, **params)
     finally:
         signal.signal(signal.SIGINT, old)
         prog.close()

@@ -29,7 +29,7 @@ from contextlib import nullcontext
 
 import torch
 
-from .data import Dataset, augment_batch
+from .data import Dataset, augment_batch, evaluation_subset
 from .ensemble import Ensemble, eval_mode
 from .layergrad import layer_gradients, num_layers
 from .losses import make_method, pairwise_cosines
@@ -127,19 +127,24 @@ def train(ens: Ensemble, train_ds: Dataset, test_ds: Dataset | None = None, *, m
           epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, schedule: str = "cosine",
           seed: int = 0, device=None, augment: bool | None = None, amp: bool = False,
           probe_size: int = 256, eval_size: int | None = 2000, on_progress=None, cancel=None,
-          resume: dict | None = None, **method_params) -> History:
+          resume: dict | None = None, weight_decay: float = 0.0, **method_params) -> History:
     """Train `ens` in place with one of the registered methods; returns the History.
 
     Adam (lr 1e-3, the paper's optimiser), learning rate per epoch by `schedule`:
     "cosine" (default; half-cosine from lr to 0 over the run), "step" (×0.1 at 50 % and
     75 %) or "constant". `augment` (default: on for CIFAR) is a random 4-pixel crop
-    and horizontal flip. `amp` runs the loss in bf16 autocast on CUDA. Test accuracy is
-    measured on a seeded subset of `eval_size` test examples (None: all). `cancel` is
+    and horizontal flip. `amp` runs the loss in bf16 autocast on CUDA. `weight_decay`:
+    Adam's L2 penalty (default 0, the paper's; the DVERGE/TRS reference trainers use
+    1e-4). Test accuracy is measured on the first `eval_size` test examples of the
+    canonical evaluation order (`parl_core.data.evaluation_order`; None: all), the same
+    examples for every run, and R/K on the first `probe_size` of them. `cancel` is
     a threading.Event or a callable; when it fires, the weights are restored to the
     last finished epoch and History.cancelled is True. `resume` is a History.state from
     an interrupted run with the same settings.
     """
     _validate(ens, train_ds, epochs, batch_size, lr, schedule)
+    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
     loss_fn = make_method(method, **method_params)
     device = torch.device(device) if device is not None else default_device()
     ens.to(device)
@@ -147,13 +152,13 @@ def train(ens: Ensemble, train_ds: Dataset, test_ds: Dataset | None = None, *, m
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda"
                 else nullcontext())
     xs, ys = train_ds.images.to(device), train_ds.labels.to(device)
-    test = test_ds.subset(eval_size, seed=seed) if test_ds is not None else None
-    probe_src = test if test is not None else train_ds
-    probe = probe_src.subset(probe_size, seed=seed).images.to(device)
+    test = evaluation_subset(test_ds, eval_size) if test_ds is not None else None
+    probe = (evaluation_subset(test, probe_size) if test is not None
+             else train_ds.subset(probe_size, seed=seed)).images.to(device)
     k_eval = min(7, min(num_layers(m) for m in ens.members))
     if loss_fn.params.get("layers", 0) is None:  # record the K actually used
         loss_fn.params["layers"] = k_eval
-    opt = torch.optim.Adam(ens.parameters(), lr=lr)
+    opt = torch.optim.Adam(ens.parameters(), lr=lr, weight_decay=weight_decay)
     history, start_epoch = History(), 0
     if resume is not None:
         ens.load_state_dict(resume["model"])

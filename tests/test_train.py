@@ -86,3 +86,22 @@ def test_train_validation(digits):
         pc.train(ens, tr, te, schedule="linear")
     with pytest.raises(ValueError, match="unknown method"):
         pc.train(ens, tr, te, method="magic")
+
+
+def test_weight_decay_and_the_canonical_eval_subset():
+    import parl_core as pc
+    train, test = pc.load_dataset("digits", "train").subset(128, seed=0), pc.load_dataset("digits", "test")
+    runs = {}
+    for wd in (0.0, 0.5):
+        ens = pc.build_ensemble("smallcnn", 2, train, seed=0, width=4)
+        runs[wd] = (pc.train(ens, train, test, method="ce_only", epochs=1, batch_size=64, seed=3,
+                             eval_size=100, weight_decay=wd), ens)
+    w0 = sum(p.norm() for p in runs[0.0][1].parameters())
+    w1 = sum(p.norm() for p in runs[0.5][1].parameters())
+    assert w1 < w0  # the penalty shrinks the weights
+    # the eval subset does not depend on the run's seed: the canonical first 100
+    ens = runs[0.0][1]
+    acc, _ = pc.evaluate_accuracy(ens, pc.evaluation_subset(test, 100))
+    assert runs[0.0][0][-1]["test_acc"] == pytest.approx(acc)
+    with pytest.raises(ValueError, match="weight_decay"):
+        pc.train(ens, train, test, method="ce_only", epochs=1, weight_decay=float("nan"))
