@@ -182,3 +182,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# --------------------------------------------------------------------------- attack tests
+@pytest.fixture(scope="module")
+def ens():
+    """The shipped digits ENS_U ensemble on CPU (modules may override with their own)."""
+    import parl_core as pc
+    return pc.load_checkpoint(REPO / "checkpoints" / "digits_ens_u.safetensors", device="cpu")[0]
+
+
+@pytest.fixture(scope="module")
+def data():
+    """200 digits test examples (seeded subset) as (x, y)."""
+    import parl_core as pc
+    ds = pc.load_dataset("digits", "test").subset(200, seed=0)
+    return ds.images, ds.labels

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import threading
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,21 +14,9 @@ import parl_core.evaluate as evaluate
 from parl_core.apgd import checkpoints
 from parl_core.attacks import ALL_ATTACKS, ATTACKS, EXTRA_ATTACKS, AttackCancelled
 
-REPO = Path(__file__).resolve().parents[1]
 APGD = ("apgd-ce", "apgd-dlr")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def ens():
-    return pc.load_checkpoint(REPO / "checkpoints" / "digits_ens_u.safetensors", device="cpu")[0]
-
-
-@pytest.fixture(scope="module")
-def data():
-    ds = pc.load_dataset("digits", "test").subset(200, seed=0)
-    return ds.images, ds.labels
 
 
 def _acc(model, x, y) -> float:
@@ -157,8 +144,7 @@ def test_robustness_curve_takes_the_extra_attacks(ens, data, monkeypatch):
 
 
 @pytest.mark.usefixtures("one_torch_thread")
-def test_evaluation_runs_the_extra_attacks_with_their_own_budget():
-    ens = pc.load_checkpoint(pc_ckpt("digits_ens_u"), device="cpu")[0]
+def test_evaluation_runs_the_extra_attacks_with_their_own_budget(ens):
     ds = pc.evaluation_subset(pc.load_dataset("digits", "test"), 40)
     res = pc.robustness_curve(ens, ds.images, ds.labels, attacks=["pgd", "apgd-ce", "square"],
                               eps=[0.15], steps={"default": 5, "square": 40})
@@ -166,8 +152,3 @@ def test_evaluation_runs_the_extra_attacks_with_their_own_budget():
     assert t.loc["square", "steps"] == 40 and t.loc["apgd-ce", "steps"] == 5
     assert "gradient-free <= gradient" in {c["check"] for c in res.checks}
     assert t.loc["worst-case", "acc"] <= t.loc[["pgd", "apgd-ce", "square"], "acc"].min()
-
-
-def pc_ckpt(name):
-    from pathlib import Path
-    return Path(__file__).resolve().parents[1] / "checkpoints" / f"{name}.safetensors"

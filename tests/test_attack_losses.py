@@ -4,7 +4,6 @@ against the majority vote of the shipped digits ENS_U."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,15 +13,9 @@ import torch.nn.functional as F
 import parl_core as pc
 from parl_core.attacks import ATTACK_LOSSES, input_loss, vote_loss
 
-REPO = Path(__file__).resolve().parents[1]
 NEW_LOSSES = ("margin", "vote", "dlr")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def ens():
-    return pc.load_checkpoint(REPO / "checkpoints" / "digits_ens_u.safetensors", device="cpu")[0]
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ gradients are masked), and a cross-check against torchattacks 3.5.1's Square."""
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,20 +13,8 @@ import parl_core as pc
 from parl_core.attacks import AttackCancelled
 from parl_core.square import p_schedule
 
-REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def ens():
-    return pc.load_checkpoint(REPO / "checkpoints" / "digits_ens_u.safetensors", device="cpu")[0]
-
-
-@pytest.fixture(scope="module")
-def data():
-    ds = pc.load_dataset("digits", "test").subset(200, seed=0)
-    return ds.images, ds.labels
 
 
 def _acc(model, x, y) -> float:
