@@ -6,7 +6,7 @@ the canonical evaluation order (the embedded sample when the CIFAR folder is abs
   bb PGD      black-box PGD at each ε of --eps, crafted on the surrogate (steps of ε/5,
               --restarts, robust only if every restart's example is classified correctly),
               with the 95 % interval; the same cached results the dashboard shows
-  wb PGD      white-box PGD at the same ε (the whole grid is computed and cached)
+  wb PGD      white-box PGD at the same ε
   CKA         the ensemble's average same-layer linear CKA over member pairs (minibatch
               estimator), over the first 7 layers and over all 19
   grad cos    mean pairwise cosine of the members' loss gradients ∇x CE
@@ -38,7 +38,7 @@ def measure(folder: Path, args) -> list[dict]:
     kw = dict(n_examples=args.n, seed=0, steps=args.steps, restarts=args.restarts,
               data_root=args.data_root)
     black = pc.evaluate_checkpoints(paths, surrogate=sur, attacks=list(pc.ATTACKS), eps=grid, **kw)
-    white = pc.evaluate_checkpoints(paths, attacks=["pgd"], eps=grid, **kw)
+    white = pc.evaluate_checkpoints(paths, attacks=["pgd"], eps=args.eps, **kw)
     test = pc.evaluation_subset(pc.load_dataset("cifar10", "test", args.data_root), args.n)
     rows = []
     for path, bb, wb in zip(paths, black, white):
