@@ -70,7 +70,7 @@ steps = c[2].number_input("Steps", 1, 500, key=key("steps"),
                           help="Paper: 50. On a CPU 10 is a good start (a few seconds on digits).")
 restarts = c[3].number_input("PGD restarts", 1, 20, key=key("restarts"))
 c[4].button("Paper defaults", on_click=paper_defaults,
-            help="All four attacks, 50 steps, 1 restart, 1000 examples (slow on a CPU).")
+            help="All four attacks, 50 steps, 10 PGD restarts, 1000 examples, as in the paper (slow on a CPU).")
 try:
     eps = sorted({float(e) for e in eps_text.replace(";", ",").split(",") if e.strip()})
     if not eps or min(eps) < 0:

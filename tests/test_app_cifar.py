@@ -202,7 +202,7 @@ def test_work_and_time_estimate_and_paper_defaults(cifar_env, tiny_defaults):
     assert at.multiselect(key="k_rb_attacks_cifar10").value == list(pc.ATTACKS)
     assert at.number_input(key="k_rb_steps_cifar10").value == 50
     assert at.number_input(key="k_rb_n_cifar10").value == 1000
-    assert at.number_input(key="k_rb_restarts_cifar10").value == 1
+    assert at.number_input(key="k_rb_restarts_cifar10").value == 10  # the paper's PGD restarts
 
 
 # --------------------------------------------------------------------------- checkpoints
