@@ -67,12 +67,12 @@ def test_page_checkpoint_and_example_from_the_url(app_env):
 def test_a_failing_view_shows_what_to_do_not_a_traceback(private_checkpoints, monkeypatch):
     monkeypatch.delenv("PARL_DEBUG")
     good = (private_checkpoints / "digits_parl.safetensors").read_bytes()
-    # header intact, weights cut: listed everywhere, fails only when a page loads it
+    # weights cut: the header no longer covers the file, so the listing refuses it before
+    # any page loads it (parl_core/schema.py); the pages open on another checkpoint
     (private_checkpoints / "digits_parl.safetensors").write_bytes(good[:-64])
-    at = open_page(query={"page": "gradients"})  # through app.py, which catches it
-    assert not at.exception
-    assert any("This view failed" in e.value and "truncated" in e.value and "Reload" in e.value
-               for e in at.error)
+    at = open_page(query={"page": "gradients", "checkpoint": "digits_parl"})
+    assert not at.exception and not at.error
+    assert at.title[0].value == "Gradients"
 
 
 def test_warm_up_loads_the_checkpoints_test_sets_once_in_the_background(app_env, monkeypatch):

@@ -34,7 +34,7 @@ def test_cifar_opens_and_every_analysis_page_shows_its_figures(app_url, sized):
     goto_page(page, app_url)
     active = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"] input')
     assert active.first.input_value().startswith("cifar10_parl")
-    page.get_by_text("embedded sample of 1,000 test images").first.wait_for()
+    page.get_by_text("embedded test sample").first.wait_for()
     _no_exception(page)
 
     click_sidebar_link(page, "Gradients", page.get_by_role("heading", name="Gradients"))
