@@ -198,3 +198,4 @@ def data():
     import parl_core as pc
     ds = pc.load_dataset("digits", "test").subset(200, seed=0)
     return ds.images, ds.labels
+

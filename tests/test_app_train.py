@@ -4,6 +4,7 @@ import pytest
 
 from conftest import open_page, rerun
 from dashboard import jobs
+from test_app_cifar_folders import private_checkpoints, shared_checkpoints  # noqa: F401  digits-only folders
 
 PAGE = "pages/train.py"
 
