@@ -68,23 +68,18 @@ def robustness_finding(tables: dict, methods: dict, attacks, *, per255: bool = F
     text = (f"{main.upper()}: PARL − ENS_U accuracy at ε = "
             + ", ".join(f"{eps_text(x, per255)}: {100 * diff[x]:+.1f}" for x in eps)
             + f" points (mean {100 * mean:+.1f}). ")
+    where = ("at every ε" if len(apart) == len(eps) else "" if not apart else
+             f"at ε = {_fmt_list(f'{x:g}' for x in apart)} ({len(apart)} of {len(eps)})")
     if pv:
         text += ("Paired on the same examples (exact McNemar test): p = "
-                 + ", ".join(f"{pv[x]:.2g}" for x in eps) + "; ")
-        if not apart:
-            text += "no difference is significant at 5 %. "
-        elif len(apart) == len(eps):
-            text += "significant at 5 % at every ε. "
-        else:
-            text += (f"significant at 5 % at ε = {_fmt_list(f'{x:g}' for x in apart)} "
-                     f"({len(apart)} of {len(eps)}). ")
+                 + ", ".join(f"{pv[x]:.2g}" for x in eps) + "; "
+                 + ("no difference is significant at 5 %. " if not apart else
+                    f"significant at 5 % {where}. "))
     elif not apart:
         text += "The 95 % intervals overlap at every ε. "
-    elif len(apart) == len(eps):
-        text += "The 95 % intervals are apart at every ε. "
     else:
-        text += (f"The 95 % intervals are apart at ε = {_fmt_list(f'{x:g}' for x in apart)} "
-                 f"({len(apart)} of {len(eps)}) and overlap elsewhere. ")
+        text += (f"The 95 % intervals are apart {where}"
+                 + (". " if len(apart) == len(eps) else " and overlap elsewhere. "))
     if mean <= 0:
         text += "**PARL is not more robust than ENS_U here.**"
     elif up and not down:
