@@ -89,7 +89,7 @@ SCALES = {
     "cpu-small": dict(
         datasets=("cifar10",), methods=("ce_only", "parl", "adp", "gal", "dverge"), seeds=(0, 1),
         reduce={"methods": ("gal", "dverge", "ablation"), "seeds": 1},
-        epochs=8, dverge_epochs=2, batch_size=128, schedule="cosine", train_subset=10000,
+        epochs=5, dverge_epochs=2, batch_size=128, schedule="cosine", train_subset=10000,
         eval_size=1000, parl=dict(gamma1=1.0, gamma2=0.5, layers=7), ablation=(3, 5, 7),
         steps=10, restarts=1, eps=(0.01, 0.03, 0.05, 0.07), n_examples=500, wb_n_examples=200,
         cka_n=500, cka_batch=250, **_COMMON),
