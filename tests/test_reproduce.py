@@ -185,7 +185,7 @@ def test_cpu_small_reduces_seeds_of_the_expensive_units():
         assert plan.find("cifar10", 0, role) is not None and plan.find("cifar10", 1, role) is None
     s = plan.find("cifar10", 0, "dverge").settings
     assert s["epochs"] == 2 and s["train_subset"] == 10000
-    assert plan.find("cifar10", 0, "parl").settings["epochs"] == 8
+    assert plan.find("cifar10", 0, "parl").settings["epochs"] == 5
 
 
 def test_table_shows_the_papers_numbers(smoke):
