@@ -278,3 +278,24 @@ def test_verdicts_follow_the_numbers(parl_bb, parl_clean, k2_clean, cka_parl, ex
     got_verdicts = report.verdicts(got, SimpleNamespace(config=cfg))
     assert [v["verdict"] for v in got_verdicts] == expect
     assert all(v["numbers"] and v["rule"] for v in got_verdicts)
+
+
+# Unit names of the shipped scales, pinned: a change to a method's default parameters or
+# to a scale's settings renames units, so a finished reproduction (docs/reproduction/)
+# would be recomputed. When that is intended, bump REPRO_VERSION and update these.
+PINNED = {
+    "smoke": "172fd44545 09eb999042 5ed15cce1d 9a2638b76f a9d0321c4d 0ec2e8028d 9a8ba37514 "
+             "9f344cce75 aa2e8c1c82 a2d3f21539 09ea4f8bab cd54394f78 f17388a3e9 22ba867d58 "
+             "e5e1ff7f4a c2036a964a 1e49310eac fdc73ae5f8 b0d00c3bc7 2e743a59ff",
+    "cpu-small": "a27b089270 5d49f11aa9 3ced76a93a 096227ff2f 1eb694a875 4c4fe6c22e b07baaf334 "
+                 "545ab15fba bd84808620 07486adcc4 2824cbf6d7 72438b1c81 a2591f3ad4 250d81786b "
+                 "bd28f10a7f 098e7bcd37 e07ed5369a b49706ec30 8f6dc7f14a c3095403e9 d9760ae2c7 "
+                 "98fe0900a8 eb2ae0e6da bafb0e917c 0f6124051b bf2f8ca54d d656c69d3f 4de2017a84 "
+                 "85066344df b206d17d83 280f745a75 baa307dd6d",
+}
+
+
+@pytest.mark.parametrize("scale", sorted(PINNED))
+def test_unit_names_are_stable(scale):
+    plan = rp.make_plan(scale, data_root="/nonexistent")
+    assert [u.name.rsplit("-", 1)[1] for u in plan.units] == PINNED[scale].split()
