@@ -7,6 +7,7 @@
   evaluate  robustness of checkpoints under attack (parl_core.cli_evaluate).
   data      download CIFAR-10/100 into the data root (parl_core.download).
   reproduce the paper's experiments at a scale into a report (parl_core.reproduce).
+  prepare   the dashboard's results for checkpoints, ahead of a lecture (parl_core.prepare).
 
 Progress goes to stderr: a bar on a terminal, plain lines in a log file; --quiet hides
 the progress but keeps the per-epoch lines. --threads N sets torch's CPU threads.
@@ -27,6 +28,7 @@ from . import __version__
 from .cli_evaluate import add_evaluate
 from .download import add_data_command
 from .reproduce import add_reproduce_command
+from .prepare import add_prepare_command
 from .checkpoints import load_checkpoint, read_metadata, sanitize_name, save_checkpoint
 from .data import DATASETS, TOY_2D, load_dataset
 from .losses import METHODS, method_label
@@ -268,6 +270,7 @@ def main(argv=None) -> int:
     add_evaluate(sub, common)
     add_data_command(sub)
     add_reproduce_command(sub, common)
+    add_prepare_command(sub, common)
     args = parser.parse_args(argv)
     threads = getattr(args, "threads", None)
     if threads is not None:
