@@ -33,6 +33,7 @@ current = st.navigation(pages)
 wanted = st.query_params.get("page")
 if wanted and not st.session_state.get("_page_from_url"):
     st.session_state["_page_from_url"] = True
+    state.remember_url()  # every page setting in the link, for the page switched to
     # switch_page drops the query parameters: keep what they asked for in session state
     if st.query_params.get("checkpoint"):
         st.session_state["checkpoint"] = st.query_params["checkpoint"]

@@ -160,3 +160,89 @@ def default_choice(key: str, options, value) -> None:
         st.session_state[key] = [v for v in (cur if isinstance(cur, list) else value) if v in opts]
     elif cur not in opts:
         st.session_state[key] = value
+
+
+# --------------------------------------------------------------------------- shared links
+class Param:
+    """One page setting carried by the URL: query name -> session-state (widget) key.
+
+    parse: str -> value (raises ValueError/TypeError on a bad value); fmt: value -> str.
+    A value equal to `default` is left out of the URL, so links stay short."""
+
+    def __init__(self, key: str, parse, default=None, fmt=str):
+        self.key, self.parse, self.default, self.fmt = key, parse, default, fmt
+
+
+def parse_bool(text: str) -> bool:
+    low = str(text).strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected 1/0, got {text!r}")
+
+
+def fmt_bool(v) -> str:
+    return "1" if v else "0"
+
+
+def parse_optional(parse):
+    """A parser that also reads '' / 'none' as None."""
+    return lambda text: None if str(text).strip().lower() in ("", "none") else parse(text)
+
+
+def remember_url() -> None:
+    """Keep the query parameters the app was opened with (app.py calls this before
+    st.switch_page, which drops them), so the page it switches to can still read them."""
+    if "_url_params" not in st.session_state:
+        st.session_state["_url_params"] = {k: st.query_params.get(k) for k in st.query_params}
+
+
+def _url_value(name: str):
+    if name in st.query_params:
+        return st.query_params.get(name)
+    return (st.session_state.get("_url_params") or {}).get(name)
+
+
+def url_to_state(page: str, params: dict) -> list[str]:
+    """Once per browser session and page: widget state from the link's query parameters
+    {name: Param}. Returns the names whose values could not be read (they are ignored);
+    settings the link does not carry keep their state or default."""
+    flag = f"_url_read_{page}"
+    if st.session_state.get(flag):
+        return []
+    st.session_state[flag] = True
+    bad = []
+    for name, p in params.items():
+        raw = _url_value(name)
+        if raw is None:
+            continue
+        try:
+            st.session_state[p.key] = p.parse(raw)
+        except (ValueError, TypeError):
+            bad.append(name)
+    return bad
+
+
+def state_to_url(params: dict) -> None:
+    """Mirror the widget state into the URL (only these names; others are left alone)."""
+    for name, p in params.items():
+        v = st.session_state.get(p.key, p.default)
+        if v is None or v == p.default:
+            st.query_params.pop(name, None)
+        elif st.query_params.get(name) != p.fmt(v):
+            st.query_params[name] = p.fmt(v)
+
+
+def share_link(url_path: str, params: dict) -> str:
+    """The page's relative link with every setting that differs from its default, e.g.
+    'diversity?dv_n=100&checkpoint=digits_parl' (what the address bar shows)."""
+    from urllib.parse import urlencode
+    q = {}
+    if st.session_state.get("checkpoint"):
+        q["checkpoint"] = st.session_state["checkpoint"]
+    for name, p in params.items():
+        v = st.session_state.get(p.key, p.default)
+        if v is not None and v != p.default:
+            q[name] = p.fmt(v)
+    return url_path + (f"?{urlencode(q)}" if q else "")

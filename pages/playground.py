@@ -1,12 +1,21 @@
 """Playground: watch an ensemble's decision boundaries (and gradients) form, live, on 2-D
-data, and see whether an attack crafted on one member fools the others.
+data, and see whether an attack crafted on one member fools the others — one run, or
+ENS_U and PARL side by side on the same seed.
 
 Runs through the app's st.navigation and standalone (`streamlit run pages/playground.py`).
-The whole configuration lives in the URL's query parameters, so a teacher can prepare
-links; the trainer session lives in st.session_state (nothing trains at import time).
+Every setting is in the URL (dashboard/state.py), so a teacher can prepare links.
+
+How it stays responsive: training runs in a background thread (parl_core.playground_live)
+a couple of epochs ahead of the screen; a fragment reruns every FRAME_S while playing and
+only hands the next epoch's arrays to a canvas component that repaints in place
+(dashboard/components/playground_canvas). Play, Pause, Step and Reset act in their
+callbacks (a flag for the thread, or one epoch), before anything is drawn again. The
+plotly analysis charts below are drawn in full reruns only (Play, Pause, Step, a
+setting), so the browser spends play mode on the canvas.
 """
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,257 +25,252 @@ if str(ROOT) not in sys.path:  # standalone `streamlit run pages/playground.py`
 import streamlit as st  # noqa: E402
 
 import parl_core as pc  # noqa: E402
-from dashboard.state import through_app  # noqa: E402
+from dashboard import state  # noqa: E402
+from dashboard.components.playground_canvas import playground_canvas, view_payload  # noqa: E402
+from dashboard.state import Param, fmt_bool, parse_bool, parse_optional  # noqa: E402
 from dashboard.ui import chart  # noqa: E402
-from parl_core.playground import (ATTACKS_2D, MAX_EPOCHS, PlaygroundConfig,  # noqa: E402
-                                  PlaygroundSession, playground_methods)
-from parl_core.plots.playground import (alignment_figure, layer_cosine_figure,  # noqa: E402
-                                        members_figure, playground_history_figure,
-                                        transfer_figure)
+from parl_core.playground import ATTACKS_2D, PlaygroundConfig, playground_methods  # noqa: E402
+from parl_core.playground_live import LiveRun, fooled_text  # noqa: E402
+from parl_core.plots.playground import alignment_figure, layer_cosine_figure, transfer_figure  # noqa: E402
 
-FRAME_S = 0.1  # play mode: the members fragment reruns this often (an epoch and a redraw)
-ANALYSIS_S = 1.0  # ... and the analysis charts this often
+FRAME_S = 0.1  # play mode: the canvas fragment asks for the next epoch this often
 DEFAULT = PlaygroundConfig()
-# URL parameter -> (widget key, parser). Config fields first, then the attack.
-URL = {"ds": ("dataset", str), "n": ("n_samples", int), "noise": ("noise", float),
-       "m": ("members", int), "method": ("method", str), "g2": ("gamma2", float),
-       "k": ("layers", int), "w": ("width", int), "d": ("depth", int), "seed": ("seed", int),
-       "lr": ("lr", float), "atk": ("attack", str), "eps": ("eps", float), "src": ("src", int),
-       "pt": ("point", int)}
-ATTACK_DEFAULTS = {"attack": "pgd", "eps": 0.3, "src": 0, "point": 0}
+P = "k_pg_"  # widget keys (state.KEEP prefix: kept while another page is shown)
 S = st.session_state
-through_app()  # a shared /playground link on a fresh server still gets app.py's sidebar
+URL = {"ds": Param(P + "dataset", str, DEFAULT.dataset), "n": Param(P + "n_samples", int, DEFAULT.n_samples),
+       "noise": Param(P + "noise", parse_optional(float), DEFAULT.noise),
+       "m": Param(P + "members", int, DEFAULT.members), "method": Param(P + "method", str, DEFAULT.method),
+       "g2": Param(P + "gamma2", float, DEFAULT.gamma2), "k": Param(P + "layers", parse_optional(int), DEFAULT.layers),
+       "w": Param(P + "width", int, DEFAULT.width), "d": Param(P + "depth", int, DEFAULT.depth),
+       "seed": Param(P + "seed", int, DEFAULT.seed), "lr": Param(P + "lr", float, DEFAULT.lr),
+       "vs": Param(P + "split", parse_bool, False, fmt_bool),
+       "atk": Param(P + "attack", str, "pgd"), "eps": Param(P + "eps", float, 0.3),
+       "src": Param(P + "src", int, 0), "pt": Param(P + "point", int, 0)}
+CONFIG_FIELDS = [f for f in DEFAULT.to_dict() if f != "batch_size"]
+LRS = [0.001, 0.003, 0.01, 0.03, 0.1]
+state.through_app()  # a shared /playground link on a fresh server still gets app.py's sidebar
 
 
 # --------------------------------------------------------------------------- URL <-> state
-def _defaults() -> dict:
-    return {**DEFAULT.to_dict(), **ATTACK_DEFAULTS}
-
-
-def init_from_url() -> None:
-    """Once per browser session: widget state from the query parameters (bad ones ignored)."""
-    if S.get("pg_init"):
-        return
-    S.pg_init = True
-    values, bad = _defaults(), []
-    for q, (key, parse) in URL.items():
-        if q in st.query_params:
-            try:
-                values[key] = parse(st.query_params[q])
-            except ValueError:
-                bad.append(q)
+def init_state() -> None:
+    """Defaults, then the link's settings (once per browser session); a link whose settings
+    do not make a valid run falls back to the defaults, with a warning."""
+    for p in URL.values():
+        state.default(p.key, p.default)
+    bad = state.url_to_state("playground", URL)
     try:
-        PlaygroundConfig.from_dict(values)
-    except ValueError as e:
+        current_config()
+        ok = (S[P + "attack"] in ATTACKS_2D and 0.05 <= S[P + "eps"] <= 1.5 and S[P + "lr"] in LRS
+              and S[P + "src"] >= 0 and S[P + "point"] >= 0)
+        if not ok:
+            raise ValueError("the attack settings or the learning rate are out of range")
+    except (ValueError, TypeError) as e:
         S.pg_url_error = f"The link's settings were not valid ({e}); using the defaults."
-        values = _defaults()
+        for p in URL.values():
+            S[p.key] = p.default
     if bad:
         S.pg_url_error = f"Ignored unreadable link parameters: {', '.join(bad)}."
-    for key, v in values.items():
-        S[f"pg_{key}"] = v
 
 
-def write_url(cfg: PlaygroundConfig) -> None:
-    """Mirror the current settings into the URL (only our keys; others are left alone)."""
-    values = {**cfg.to_dict(), **{k: S[f"pg_{k}"] for k in ATTACK_DEFAULTS}}
-    for q, (key, _) in URL.items():
-        v = values[key]
-        if v is None:
-            st.query_params.pop(q, None)
-        elif st.query_params.get(q) != str(v):
-            st.query_params[q] = str(v)
+def current_config() -> PlaygroundConfig:
+    return PlaygroundConfig.from_dict({f: S[P + f] for f in CONFIG_FIELDS})
 
 
 # --------------------------------------------------------------------------- widgets
-def config_widgets() -> PlaygroundConfig:
-    """The sidebar settings; a change of any of them starts a new run."""
-    methods = playground_methods()
+def config_widgets() -> dict:
+    """The sidebar settings; a change of any of them starts new runs. Returns the runs
+    to show: {name: PlaygroundConfig} (two, same seed, in the split screen)."""
     with st.sidebar:
         st.subheader("Playground")
-        st.selectbox("Data", pc.TOY_2D, key="pg_dataset")
+        split = st.toggle("ENS_U vs PARL, split screen", key=P + "split",
+                          help="Train a plain ensemble and a PARL ensemble side by side: same data, "
+                               "same seed, same initial weights; only the loss differs.")
+        st.selectbox("Data", pc.TOY_2D, key=P + "dataset")
         c1, c2 = st.columns(2)
-        c1.number_input("Points", 50, 2000, step=50, key="pg_n_samples")
-        c2.number_input("Noise", 0.0, 5.0, step=0.05, key="pg_noise", placeholder="default",
+        c1.number_input("Points", 50, 2000, step=50, key=P + "n_samples")
+        c2.number_input("Noise", 0.0, 5.0, step=0.05, key=P + "noise", placeholder="default",
                         help="Empty: the data set's default noise.")
-        st.slider("Members", 2, 5, key="pg_members")
-        st.selectbox("Method", methods, key="pg_method", format_func=pc.method_label)
-        weighted = set(PlaygroundConfig(method=S.pg_method).method_params()) & {"gamma2", "lam"}
-        st.slider("Diversity weight γ2", 0.0, 2.0, step=0.05, key="pg_gamma2",
+        st.slider("Members", 2, 5, key=P + "members")
+        st.selectbox("Method", playground_methods(), key=P + "method", format_func=pc.method_label,
+                     disabled=split, help="In the split screen: ENS_U above, PARL below.")
+        method = "parl" if split else S[P + "method"]
+        weighted = set(PlaygroundConfig(method=method).method_params()) & {"gamma2", "lam"}
+        st.slider("Diversity weight γ2", 0.0, 2.0, step=0.05, key=P + "gamma2",
                   disabled=not weighted, help="PARL's γ2 (GAL's λ); other methods keep theirs.")
         c1, c2 = st.columns(2)
-        c1.slider("Hidden width", 2, 64, key="pg_width")
-        c2.slider("Hidden layers", 1, 6, key="pg_depth")
-        if S.pg_layers is not None and S.pg_layers > S.pg_depth:
-            S.pg_layers = None
+        c1.slider("Hidden width", 2, 64, key=P + "width")
+        c2.slider("Hidden layers", 1, 6, key=P + "depth")
+        if S[P + "layers"] is not None and S[P + "layers"] > S[P + "depth"]:
+            S[P + "layers"] = None
         # 0 stands for None (min(7, L)): a selectbox shows None as "no choice".
-        k = st.selectbox("PARL's K (layers)", range(S.pg_depth + 1), index=S.pg_layers or 0,
+        k = st.selectbox("PARL's K (layers)", range(S[P + "depth"] + 1), index=S[P + "layers"] or 0,
                          format_func=lambda k: "all (min(7, L))" if k == 0 else str(k),
-                         disabled=S.pg_method != "parl", key=f"pg_k_{S.pg_depth}")
-        S.pg_layers = k or None
+                         disabled=method != "parl", key=f"pg_k_{S[P + 'depth']}")
+        S[P + "layers"] = k or None
         c1, c2 = st.columns(2)
-        c1.number_input("Seed", 0, 10_000, key="pg_seed")
-        c2.select_slider("Learning rate", [0.001, 0.003, 0.01, 0.03, 0.1], key="pg_lr")
-    return PlaygroundConfig.from_dict({f: S[f"pg_{f}"] for f in DEFAULT.to_dict()})
+        c1.number_input("Seed", 0, 10_000, key=P + "seed")
+        c2.select_slider("Learning rate", LRS, key=P + "lr")
+    cfg = current_config()
+    if split:
+        return {"ENS_U": replace(cfg, method="ce_only"), "PARL": replace(cfg, method="parl")}
+    return {pc.method_label(cfg.method): cfg}
 
 
-def session_for(cfg: PlaygroundConfig) -> PlaygroundSession:
-    """The run in st.session_state; a new one when the settings changed."""
-    sess = S.get("pg_session")
-    if sess is None or sess.config != cfg:
-        sess = S.pg_session = PlaygroundSession(cfg)
-        S.pg_playing = False
-    return sess
+def live_for(configs: dict) -> LiveRun:
+    """The runs in st.session_state; new ones when the settings changed."""
+    live = S.get("pg_live")
+    if live is None or live.configs != configs:
+        if live is not None:
+            live.pause()
+        live = S.pg_live = LiveRun(configs)
+    return live
 
 
-def _set_playing(on: bool):
-    # Set, never toggle: a click folded into a queued rerun must not undo itself.
-    S.pg_playing = on
+def _play():
+    S.pg_live.play()
+
+
+def _pause():
+    S.pg_live.pause()
 
 
 def _step():
-    S.pg_playing = False
-    S.pg_session.step()
+    S.pg_live.step()
 
 
 def _reset():
-    S.pg_playing = False
-    S.pg_session = PlaygroundSession(S.pg_session.config)
+    S.pg_live.reset()
 
 
-def controls(sess: PlaygroundSession) -> None:
-    c = st.columns([1, 1, 1, 4])
-    playing = S.get("pg_playing", False)
-    c[0].button("Pause" if playing else "Play", key="pg_play", on_click=_set_playing, args=(not playing,),
-                type="primary",
-                icon=":material/pause:" if playing else ":material/play_arrow:",
-                use_container_width=True)
-    c[1].button("Step", key="pg_step", on_click=_step, icon=":material/skip_next:",
-                use_container_width=True, help="Train one epoch.")
-    c[2].button("Reset", key="pg_reset", on_click=_reset, icon=":material/restart_alt:",
-                use_container_width=True, help="New initial weights (same seed): epoch 0.")
+def controls(live: LiveRun) -> None:
+    """Play/Pause, Step, Reset: each acts in its callback, before the page is drawn again.
+    Sized to their labels (never truncated, also at 1024 px)."""
+    playing = live.playing
+    with st.container(horizontal=True, gap="small"):
+        st.button("Pause" if playing else "Play", key="pg_play", on_click=_pause if playing else _play,
+                  type="primary", icon=":material/pause:" if playing else ":material/play_arrow:",
+                  width="content")
+        st.button("Step", key="pg_step", on_click=_step, icon=":material/skip_next:", width="content",
+                  help="Train one epoch (pauses first).")
+        st.button("Reset", key="pg_reset", on_click=_reset, icon=":material/restart_alt:", width="content",
+                  help="New initial weights (same seed): epoch 0.")
+
+
+def attack_widgets(live: LiveRun) -> None:
+    m = min(c.members for c in live.configs.values())
+    n = len(live.train_points)
+    S[P + "src"] = min(S[P + "src"], m - 1)
+    S[P + "point"] = min(S[P + "point"], n - 1)
+    c = st.columns([1, 2, 1, 1])
+    c[0].selectbox("Attack", ATTACKS_2D, key=P + "attack", format_func=str.upper)
+    c[1].slider("ε (input units)", 0.05, 1.5, step=0.05, key=P + "eps",
+                help="L∞ budget; no pixel range here (bounds=None).")
+    c[2].selectbox("Crafted on", list(range(m)), key=P + "src", format_func=lambda i: f"M{i + 1}")
+    c[3].number_input("Point #", 0, n - 1, key=P + "point", help="Or click a point in the plots.")
+    live.set_attack(int(S[P + "point"]), int(S[P + "src"]), S[P + "attack"], float(S[P + "eps"]))
 
 
 # --------------------------------------------------------------------------- the live view
-def _clicked_point(sess: PlaygroundSession) -> None:
-    """A click on the member plots picks the nearest training point for the attack."""
-    event = S.get("pg_chart")
-    points = (event or {}).get("selection", {}).get("points", [])
-    if not points or "x" not in points[0]:
-        return
-    sig = (points[0]["x"], points[0]["y"])
-    if sig == S.get("pg_last_click"):
-        return  # already applied; the number box may have moved on since
-    S.pg_last_click = sig
-    x = sess.train_ds.images
-    d = (x[:, 0] - float(sig[0])) ** 2 + (x[:, 1] - float(sig[1])) ** 2
-    S.pg_point = int(d.argmin())
+def _pick_point(live: LiveRun, click: dict) -> None:
+    """The training point nearest a click on any plot becomes the attacked point."""
+    x = live.train_points
+    d = (x[:, 0] - float(click["x"])) ** 2 + (x[:, 1] - float(click["y"])) ** 2
+    S[P + "point"] = int(d.argmin())
 
 
-def attack_widgets(sess: PlaygroundSession) -> None:
-    m, n = sess.config.members, len(sess.train_ds)
-    S.pg_src = min(S.pg_src, m - 1)
-    S.pg_point = min(S.pg_point, n - 1)
-    c = st.columns([1, 2, 1, 1])
-    c[0].selectbox("Attack", ATTACKS_2D, key="pg_attack", format_func=str.upper)
-    c[1].slider("ε (input units)", 0.05, 1.5, step=0.05, key="pg_eps",
-                help="L∞ budget; no pixel range here (bounds=None).")
-    c[2].selectbox("Crafted on", list(range(m)), key="pg_src", format_func=lambda i: f"M{i + 1}")
-    c[3].number_input("Point #", 0, n - 1, key="pg_point",
-                      help="Or click a point in the member plots.")
-
-
-def status_line(sess: PlaygroundSession, ms: float) -> None:
-    h = sess.history[-1] if sess.history else None
+def status_line(view, live: LiveRun) -> None:
     now = time.perf_counter()
     last, S.pg_last_frame = S.get("pg_last_frame"), now
-    fps = f" · {1 / (now - last):.1f} frames/s" if S.get("pg_playing") and last else ""
-    text = f"**Epoch {sess.epoch}**"
-    if h:
-        text += (f" · test acc (vote) {h['test_acc']:.1%} · members "
-                 + ", ".join(f"{a:.0%}" for a in h["member_acc"])
-                 + f" · mean pairwise R/K {h['r_mean']:+.2f} (floor {-1 / (sess.config.members - 1):+.2f})")
-    st.markdown(text + f" · frame {ms:.0f} ms{fps}")
-
-
-def transfer_view(sess: PlaygroundSession) -> None:
-    """Whole-test-set transfer of the chosen attack (computed while paused)."""
-    key = (id(sess), sess.epoch, S.pg_attack, S.pg_eps)
-    if not S.get("pg_playing") and S.get("pg_transfer_key") != key:
-        S.pg_transfer = sess.transfer(attack=S.pg_attack, eps=S.pg_eps, steps=10)
-        S.pg_transfer_key = key
-    if S.get("pg_transfer_key", (None,))[0] != id(sess) or "pg_transfer" not in S:
-        st.caption("Pause to measure transfer on the test set.")
-        return
-    t = S.pg_transfer
-    chart(transfer_figure(t["rates"], t["vote"]), key="pg_fig_transfer")
-    st.caption(f"{S.pg_attack.upper()} ε={S.pg_eps:g} on the {len(sess.test_ds)} test points "
-               f"(epoch {S.pg_transfer_key[1]}). The diagonal is the white-box success; off it, "
-               f"transfer: mean **{t['transfer']:.0%}**. Lower transfer is what diversity buys.")
-
-
-def members_view(sess: PlaygroundSession) -> None:
-    """Train one epoch when playing, then redraw the members, the vote and the attack."""
-    t0 = time.perf_counter()
-    if S.get("pg_playing"):
-        if sess.epoch >= MAX_EPOCHS:
-            S.pg_playing = False
-        else:
-            sess.step()
-    _clicked_point(sess)
-    attack_widgets(sess)
-    write_url(sess.config)  # the attack settings change in fragment-only reruns too
-    frame = S.pg_frame = sess.frame()
-    attack = sess.attack_path(int(S.pg_point), member=int(S.pg_src), attack=S.pg_attack,
-                              eps=float(S.pg_eps))
-    h = sess.history[-1] if sess.history else None
-    fig = members_figure(frame, attack, accuracies=h["member_acc"] + [h["test_acc"]] if h else None)
-    status_line(sess, 1000 * (time.perf_counter() - t0))
-    chart(fig, key="pg_chart", on_select="rerun", selection_mode="points")
-    fooled = ", ".join(f"M{i + 1}" for i, c in enumerate(attack["crossed"]) if c) or "none"
-    st.caption(f"Each plot is one member: shading is its confidence, the black line its "
-               f"boundary, the arrows the way its loss rises (toward its boundary). The "
-               f"{attack['attack'].upper()} path is crafted on **M{attack['member'] + 1}** only "
-               f"and drawn on every plot; a red ✗ means it crossed that boundary. Fooled: "
-               f"**{fooled}**. Where the members' boundaries coincide, an attack on one fools them "
-               f"all; compare ENS_U and PARL on the same seed (switch the method, same link).")
-
-
-def analysis_view(sess: PlaygroundSession) -> None:
-    """Alignment map, per-layer cosines, training curves and transfer of the latest frame."""
-    frame = S.pg_frame
-    c1, c2, c3 = st.columns(3)
-    chart(alignment_figure(frame), key="pg_fig_align", where=c1)
-    c1.caption("Red: the members' loss gradients point alike, so an attack on one member "
-               "moves the point toward the others' boundaries too. Blue: they disagree.")
-    chart(layer_cosine_figure(frame.layer_cos, frame.floor), key="pg_fig_layers", where=c2)
-    c2.caption(f"PARL drives each layer's mean pairwise cosine toward the floor "
-               f"−1/(M−1) = {frame.floor:.2f}: at the floor the regulariser is saturated, "
-               f"{sess.config.members} vectors cannot spread further. In 2-D that can happen while "
-               f"the loss gradients (left) still agree: diverse layer gradients do not by "
-               f"themselves make the boundaries differ.")
-    chart(playground_history_figure(frame.history), key="pg_fig_history", where=c3)
-    with c3:
-        transfer_view(sess)
+    fps = f" · {1 / (now - last):.1f} frames/s" if live.playing and last else ""
+    parts = []
+    for r in view.runs:
+        h = r.frame.history[-1] if r.frame.history else None
+        if h:
+            parts.append(f"{r.name}: test acc (vote) {h['test_acc']:.1%}, members "
+                         + ", ".join(f"{a:.0%}" for a in h["member_acc"])
+                         + f", mean pairwise R/K {h['r_mean']:+.2f}")
+    floor = -1 / (view.runs[0].config.members - 1)
+    st.markdown(f"**Epoch {view.epoch}**" + (" · " + " · ".join(parts) if parts else "")
+                + (f" (floor {floor:+.2f})" if parts else "") + fps)
 
 
 def live_view() -> None:
-    """Two fragments: while playing, the members redraw every frame and the slower-moving
-    analysis charts once a second, so the browser spends its time on what moves most."""
-    playing = S.get("pg_playing", False)
-    st.fragment(members_view, run_every=FRAME_S if playing else None)(S.pg_session)
-    st.fragment(analysis_view, run_every=ANALYSIS_S if playing else None)(S.pg_session)
+    """The canvas and what it says; reruns every FRAME_S while playing."""
+    live = S.pg_live
+    playing = live.playing
+    if live.error:
+        st.error(f"Training stopped: {live.error}. Press Reset or change a setting.")
+    view = live.next_view() if playing else live.current()
+    status_line(view, live)
+    result = playground_canvas(view_payload(view, playing=playing), key="pg_canvas", on_click=lambda: None)
+    atk = view.settings
+    st.caption(f"Each plot is one member (last: the majority vote): shading is its confidence, the black "
+               f"line its boundary, the arrows the way its loss rises. The {atk[2].upper()} path (ε = "
+               f"{atk[3]:g}) starts at point #{atk[0]} and is crafted on **M{atk[1] + 1}** only; every plot "
+               f"says what it did there: *holds* (still right), *fooled* (right before, wrong after, red ✗) "
+               f"or *already wrong* (wrong before the attack, grey ✗). "
+               + " ".join(f"**{r.name}** — {fooled_text(r.verdicts)}" for r in view.runs)
+               + " Click a plot to attack the nearest point.")
+    click = getattr(result, "click", None)
+    if click:
+        _pick_point(live, click)
+        st.rerun()  # the whole page: the point box and the attack follow
+    if S.get("pg_drawn_playing") and not playing:
+        S.pg_drawn_playing = False
+        st.rerun()  # it stopped by itself (last epoch, nobody watching, an error): Play again
+    S.pg_drawn_playing = playing
+
+
+def analysis_view(live: LiveRun) -> None:
+    """Alignment map, per-layer cosines and test-set transfer of each run (full reruns only)."""
+    playing = live.playing
+    view = live.shown() if playing else live.current()
+    st.subheader("Analysis")
+    if playing:
+        st.caption(f"As at epoch {view.epoch}: these charts follow when you pause or step.")
+    for r in view.runs:
+        if len(view.runs) > 1:
+            st.markdown(f"**{r.name}**")
+        c1, c2, c3 = st.columns(3)
+        chart(alignment_figure(r.frame), key=f"pg_fig_align_{r.name}", where=c1)
+        chart(layer_cosine_figure(r.frame.layer_cos, r.frame.floor), key=f"pg_fig_layers_{r.name}", where=c2)
+        with c3:
+            transfer_view(live, r, view.epoch, playing)
+    st.caption("Left: red where the members' loss gradients point alike (an attack on one moves the point "
+               "toward the others' boundaries too), blue where they disagree. Middle: each layer's mean pairwise "
+               "cosine of PARL's layer gradients against the floor −1/(M−1): at the floor M vectors cannot "
+               "spread further. Diverse layer gradients do not by themselves make the boundaries differ.")
+
+
+def transfer_view(live: LiveRun, run, epoch: int, playing: bool) -> None:
+    key = (id(live), run.name, epoch, S[P + "attack"], S[P + "eps"])
+    store = S.setdefault("pg_transfer", {})
+    if not playing and key not in store:
+        if len(store) > 8:
+            store.clear()
+        store[key] = live.transfer(run.name, attack=S[P + "attack"], eps=float(S[P + "eps"]), steps=10)
+    t = store.get(key)
+    if t is None:
+        st.caption("Pause to measure transfer on the test set.")
+        return
+    chart(transfer_figure(t["rates"], t["vote"]), key=f"pg_fig_transfer_{run.name}")
+    n = len(live.sessions[run.name].test_ds)
+    st.caption(f"{S[P + 'attack'].upper()} ε = {S[P + 'eps']:g} on the {n} test points (epoch {epoch}): "
+               f"diagonal = white-box success, off it = transfer, mean **{t['transfer']:.0%}**.")
 
 
 # --------------------------------------------------------------------------- page
 st.set_page_config(layout="wide")  # standalone runs; the app sets the same
 st.title("Playground")
-st.caption("Train a small ensemble on 2-D data and watch each member's decision boundary and "
-           "gradients form, epoch by epoch; then attack one member and see whether the others "
-           "fall too. The link carries every setting.")
-init_from_url()
+st.caption("Train a small ensemble on 2-D data and watch each member's decision boundary and gradients "
+           "form, epoch by epoch; then attack one member and see whether the others fall too. The link "
+           "carries every setting.")
+init_state()
 if S.get("pg_url_error"):
     st.warning(S.pop("pg_url_error"))
-cfg = config_widgets()
-write_url(cfg)
-controls(session_for(cfg))
-live_view()
+live = live_for(config_widgets())
+controls(live)
+attack_widgets(live)
+state.state_to_url(URL)
+st.fragment(live_view, run_every=FRAME_S if live.playing else None)()
+analysis_view(live)

@@ -353,7 +353,8 @@ class PlaygroundSession:
         point: a training-set index (its label is used) or an (x, y) pair with `label`.
         Returns {"path": (S+1, 2), "label", "member", "start_pred" (M,), "end_pred" (M,),
         "crossed" (M,) bool (the member's answer at the end differs from the label and
-        was right at the start: the path crossed its boundary), "vote_end", "attack", "eps"}.
+        was right at the start: the path crossed its boundary), "vote_start", "vote_end",
+        "attack", "eps"}. `playground_live.attack_verdicts` names each answer.
         """
         x, y = self._point(point, label)
         m = len(self.ens.members)
@@ -369,13 +370,13 @@ class PlaygroundSession:
             start = self.ens.member_logits(x).argmax(-1)[:, 0]
             end_x = path[-1]
             end = self.ens.member_logits(end_x).argmax(-1)[:, 0]
-            vote_end = int(self.ens.predict(end_x)[0])
+            vote_start, vote_end = int(self.ens.predict(x)[0]), int(self.ens.predict(end_x)[0])
         yv = int(y[0])
         # PGD's path starts at its random start: draw it from the clean point.
         path = torch.cat([x[None], path]) if attack == "pgd" else path
         return {"path": path[:, 0].detach().numpy(), "label": yv, "member": member,
                 "start_pred": start.numpy(), "end_pred": end.numpy(),
-                "crossed": ((start == yv) & (end != yv)).numpy(), "vote_end": vote_end,
+                "crossed": ((start == yv) & (end != yv)).numpy(), "vote_start": vote_start, "vote_end": vote_end,
                 "attack": attack, "eps": float(eps)}
 
     def _point(self, point, label):

@@ -241,3 +241,131 @@ def test_multiclass_regions_and_boundaries():
 def test_arrow_segments_skip_zero_vectors():
     px, py = arrow_segments(np.array([[0.0, 0.0], [1.0, 1.0]]), np.array([[0.0, 0.0], [2.0, 0.0]]), 0.5)
     assert len(px) == 7 and px[1] == pytest.approx(1.5) and py[1] == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- verdicts
+def _atk(start, end, vote_start, vote_end, label=1):
+    return {"label": label, "start_pred": np.array(start), "end_pred": np.array(end),
+            "vote_start": vote_start, "vote_end": vote_end, "member": 0}
+
+
+def test_verdicts_tell_already_wrong_from_holds_and_fooled():
+    from parl_core.playground_live import attack_verdicts, fooled_text
+    v = attack_verdicts(_atk([0, 1, 1], [0, 0, 1], 1, 0))
+    assert v == ["already wrong", "fooled", "holds", "fooled"]
+    assert fooled_text(v) == "Fooled: M2 and the vote; already wrong before the attack: M1."
+    v = attack_verdicts(_atk([0, 0, 1], [1, 0, 1], 0, 1))  # the attack "fixes" M1: still not holding
+    assert v == ["already wrong", "already wrong", "holds", "already wrong"]
+    assert fooled_text(v).startswith("Fooled: none; already wrong before the attack: M1, M2 and the vote")
+    assert fooled_text(attack_verdicts(_atk([1, 1], [1, 1], 1, 1))) == "Fooled: none."
+
+
+def test_member_figure_titles_follow_the_verdicts(trained):
+    from parl_core.playground_live import attack_verdicts
+    sess, frame = trained
+    for point in range(0, 40, 7):
+        a = sess.attack_path(point, member=0, eps=0.5)
+        titles = [t.text for t in members_figure(frame, a).layout.annotations]
+        for title, verdict in zip(titles, attack_verdicts(a)):
+            assert title.endswith("<b>fooled</b>" if verdict == "fooled" else verdict), (title, verdict)
+
+
+# --------------------------------------------------------------------------- live runs
+def _wait(cond, timeout=120.0):
+    """Poll a condition of a background thread (a deadline against a hung test, not a timing)."""
+    import time
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "the background run did not get there"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def live():
+    from parl_core.playground_live import LiveRun
+    cfg = PlaygroundConfig(**TINY)
+    run = LiveRun({"ENS_U": PlaygroundConfig(**{**TINY, "method": "ce_only"}), "PARL": cfg}, grid=12, arrows=4)
+    yield run
+    run.pause()
+    run.settle()
+
+
+def test_split_runs_share_data_and_initial_weights(live):
+    a, b = live.sessions["ENS_U"], live.sessions["PARL"]
+    assert torch.equal(a.train_ds.images, b.train_ds.images)
+    for p, q in zip(a.ens.parameters(), b.ens.parameters()):
+        assert torch.equal(p, q)
+    from parl_core.playground_live import LiveRun
+    with pytest.raises(ValueError, match="share"):
+        LiveRun({"a": PlaygroundConfig(**TINY), "b": PlaygroundConfig(**{**TINY, "seed": 1})})
+
+
+def test_play_trains_in_lockstep_and_views_come_in_order(live):
+    live.play()
+    seen = []
+    _wait(lambda: seen.append(live.next_view().epoch) or seen[-1] >= 4)
+    live.pause()
+    assert live.settle()
+    epochs = sorted(set(seen))
+    assert epochs == list(range(epochs[0], epochs[-1] + 1))  # no epoch skipped on screen
+    assert live.sessions["ENS_U"].epoch == live.sessions["PARL"].epoch == live.epoch
+    v = live.current()
+    assert v.epoch == live.epoch and [r.frame.epoch for r in v.runs] == [live.epoch] * 2
+    before = live.epoch
+    assert live.current().epoch == before and live.epoch == before  # paused: nothing trains
+
+
+def test_pause_and_play_never_wait_for_an_epoch(live):
+    """Pause/Play only set a flag: they return while an epoch holds the sessions."""
+    import threading
+    live.play()
+    _wait(lambda: live.epoch >= 1)
+    held = threading.Event()
+    with live._lock:  # an epoch (or a frame) in progress
+        done = threading.Thread(target=lambda: (live.pause(), live.play(), live.pause(), held.set()))
+        done.start()
+        done.join(60)
+        assert held.is_set()
+    assert live.settle() and not live.playing
+
+
+def test_step_and_reset(live):
+    v = live.step()
+    assert v.epoch == 1 == live.epoch and not live.playing
+    live.play()
+    v = live.step()  # pauses first, then one more
+    assert v.epoch == live.epoch and not live.playing
+    assert live.reset().epoch == 0
+    live.step()
+    once = [p.clone() for p in live.sessions["PARL"].ens.parameters()]
+    live.reset()
+    live.step()
+    assert all(torch.equal(a, b) for a, b in zip(once, live.sessions["PARL"].ens.parameters()))
+
+
+def test_a_run_nobody_watches_stops_by_itself():
+    from parl_core.playground_live import LiveRun
+    run = LiveRun({"PARL": PlaygroundConfig(**TINY)}, grid=8, arrows=3, ahead=1, idle_s=0.2)
+    run.play()
+    _wait(lambda: not run.playing)  # the queue fills, nobody takes a view
+    assert run.settle() and run.epoch >= 1
+
+
+def test_view_verdicts_match_the_members_at_that_epoch(live):
+    from parl_core.playground_live import attack_verdicts
+    for _ in range(3):
+        live.set_attack(11, 1, "pgd", 0.4)
+        v = live.current()
+        for r in v.runs:
+            ens, a = live.sessions[r.name].ens, r.attack
+            x0 = live.train_points[11:12]
+            with torch.no_grad():
+                start = ens.member_logits(x0).argmax(-1)[:, 0]
+                end = ens.member_logits(torch.from_numpy(a["path"][-1:])).argmax(-1)[:, 0]
+                vs, ve = int(ens.predict(x0)[0]), int(ens.predict(torch.from_numpy(a["path"][-1:]))[0])
+            assert np.array_equal(start.numpy(), a["start_pred"]) and np.array_equal(end.numpy(), a["end_pred"])
+            assert (vs, ve) == (a["vote_start"], a["vote_end"])
+            assert r.verdicts == attack_verdicts(a) and a["member"] == 1
+        live.step()
+    with pytest.raises(ValueError, match="member"):
+        live.set_attack(0, 7)

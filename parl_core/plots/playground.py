@@ -159,10 +159,12 @@ def members_figure(frame, attack: dict | None = None, *, cols: int = 3,
         if accuracies is not None:
             head += f" {accuracies[i]:.0%}"
         if attack is not None:
-            crossed = bool(attack["crossed"][i]) if i < m else attack["vote_end"] != attack["label"]
+            from ..playground_live import attack_verdicts  # holds / fooled / already wrong
+            verdict = attack_verdicts(attack)[i]
+            crossed = verdict == "fooled"
             traces.extend(_attack_traces(attack["path"], crossed, i + 1, kind))
             head += f"{' · attacked' if i == attack['member'] else ''} · " \
-                    f"{'<b>fooled</b>' if crossed else 'holds'}"
+                    f"{'<b>fooled</b>' if crossed else verdict}"
         titles.append(_title(i + 1, cols, rows, head))
     layout.update(height=_HEIGHT * rows, margin=dict(l=10, r=10, t=30, b=10),
                   annotations=titles, plot_bgcolor="white", dragmode=False,
