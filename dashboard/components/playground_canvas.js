@@ -211,6 +211,8 @@ function draw(st) {
     drawCurves(ctx, run, arrays, k, row.cells[run.members + 1]);
   });
   st.layout = L;
+  // for tests and the browser benchmark: where each plot is, in CSS pixels of the canvas
+  canvas.parlLayout = { titleH: TITLE_H, rows: L.rows, bounds: head.runs.map(r => r.bounds) };
   canvas.setAttribute("aria-label", head.summary);
   canvas.dataset.epoch = String(head.epoch);
   (window.__pgDraws = window.__pgDraws || []).push([performance.now(), head.epoch]);
