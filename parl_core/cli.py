@@ -27,7 +27,7 @@ import torch
 from . import __version__
 from .cli_evaluate import add_evaluate
 from .download import add_data_command
-from .reproduce import add_reproduce_command
+from .cli_reproduce import add_reproduce_command
 from .prepare import add_prepare_command
 from .checkpoints import load_checkpoint, read_metadata, sanitize_name, save_checkpoint
 from .data import DATASETS, TOY_2D, load_dataset

@@ -16,12 +16,9 @@ alone, once every unit has finished.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import json
-import os
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,8 +26,7 @@ from pathlib import Path
 
 from .paper_numbers import PAPER_PROTOCOL, SCALES
 
-__all__ = ["SCALES", "Plan", "Unit", "make_plan", "reproduce", "estimate", "unit_done",
-           "add_reproduce_command", "Interrupted"]
+__all__ = ["SCALES", "Plan", "Unit", "make_plan", "reproduce", "unit_done", "Interrupted"]
 
 REPRO_VERSION = 1  # part of every unit key: bump when a change alters what a unit computes
 _SHAPES = {"digits": ((1, 8, 8), 10), "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100)}
@@ -380,147 +376,3 @@ def reproduce(plan: Plan, out, *, device=None, data_root=None, quiet=True, on_ev
         emit({"event": "unit_done", "unit": u.name, "kind": u.kind, "index": i,
               "total": len(plan.units), "reused": False, "seconds": rec["seconds"]})
     return write_report(plan, out, records, command=command)
-
-
-# --------------------------------------------------------------------------- estimates
-def estimate(plan: Plan, *, device=None, reps: int = 2) -> dict:
-    """Seconds per unit, from timed training steps (each method's loss, backward and Adam
-    step on a batch of the unit's shape) and timed forward / forward+backward rows of the
-    actual models on `device`; random inputs, so no data is needed."""
-    import torch
-    from .ensemble import Ensemble
-    from .losses import make_method
-    from .models import build_model
-    from .train import default_device
-    dev, cache = torch.device(device) if device else default_device(), {}
-
-    def clock(fn):  # after a warm-up call, the fastest of `reps` (robust to a busy machine)
-        fn()
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            torch.cuda.synchronize() if dev.type == "cuda" else None
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
-    def batch(s, n):
-        (shape, classes), members = _SHAPES[s["dataset"]], s.get("members", plan.config["members"])
-        e = Ensemble([build_model(_ARCH[s["dataset"]], classes, shape[0], seed=k) for k in range(members)])
-        return e.to(dev), torch.rand(n, *shape, device=dev), torch.randint(classes, (n,), device=dev)
-
-    def rows(s):  # (forward, forward + input backward) seconds per row of an ensemble
-        key = (s["dataset"], s.get("members", plan.config["members"]))
-        if key not in cache:
-            e, x, y = batch(s, 100)
-            e.eval()
-            with torch.no_grad():
-                fwd = clock(lambda: e(x))
-            nll = torch.nn.functional.nll_loss
-            grad = clock(lambda: nll(e(x.clone().requires_grad_(True)), y).backward())
-            cache[key] = (fwd / 100, grad / 100)
-        return cache[key]
-
-    def step(s):  # seconds per training step
-        key = json.dumps([s[k] for k in ("dataset", "members", "method", "params", "batch_size")])
-        if key not in cache:
-            e, x, y = batch(s, s["batch_size"])
-            loss_fn, opt = make_method(s["method"], **s["params"]), torch.optim.Adam(e.train().parameters())
-            cache[key] = clock(lambda: (opt.zero_grad(), loss_fn(e, x, y)[0].backward(), opt.step()))
-        return cache[key]
-
-    est = {}
-    for u in plan.units:
-        s = u.settings
-        fwd, grad = rows(s)
-        if u.kind == "train":  # steps, plus each epoch's test accuracy and R/K probe (256 images)
-            n = _train_images(u.dataset, s["data"], s["train_subset"])
-            n_test = s["eval_size"] or {"digits": 450}.get(u.dataset, 10000)
-            per_epoch = max(1, n // s["batch_size"]) * step(s) + n_test * fwd + 256 * 7 * grad
-            est[u.name] = s["epochs"] * per_epoch
-        elif u.kind == "cka":
-            est[u.name] = 3 * s["n_examples"] * fwd
-        else:  # attack steps on the attacked model, then every target scores every example
-            runs = {a: len(s["eps"]) * (s["restarts"] if a == "pgd" else 1) for a in s["attacks"]}
-            steps = sum(r * (1 if a == "fgsm" else s["steps"]) for a, r in runs.items())
-            scored = sum(runs.values()) * (len(s["targets"]) + 1)
-            est[u.name] = s["n_examples"] * (steps * grad + scored * fwd)
-    return est
-
-
-def _train_images(dataset, data, subset):
-    if dataset == "digits":
-        n = 1347
-    else:  # 10,000 images per CIFAR-10 batch file, 50,000 in CIFAR-100's one
-        files = (data or {}).get("files", [])
-        n = sum(10000 if f.startswith("data_batch") else 50000 for f, _ in files) or 50000
-    return min(n, subset or n)
-
-
-# --------------------------------------------------------------------------- command line
-_OVERRIDES = (("datasets", str, "e.g. cifar10,cifar100"),
-              ("methods", str, "e.g. ce_only,parl,adp,gal,dverge"),
-              ("seeds", int, "e.g. 0,1,2"), ("ablation", int, "PARL's K values, e.g. 3,5,7"),
-              ("epochs", None, "training epochs (the paper is silent)"),
-              ("dverge-epochs", None, "DVERGE's epochs from its ENS_U warm start"),
-              ("batch-size", None, "training batch (the paper is silent)"))
-
-
-def _csv(kind):
-    def parse(text):
-        try:
-            return tuple(kind(v.strip()) for v in text.split(",") if v.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, "
-                                             f"got {text!r}")
-    return parse
-
-
-def add_reproduce_command(sub, common) -> None:
-    """Register `reproduce` on the CLI's subparsers (`common` carries --threads)."""
-    p = sub.add_parser("reproduce", parents=[common], help="reproduce the paper's experiments into a report",
-                       description="Train, evaluate and report the paper's experiments at a scale "
-                                   "(parl_core.paper_numbers.SCALES); finished units are reused, an "
-                                   "interrupted run continues where it stopped.")
-    p.add_argument("--scale", required=True, choices=tuple(SCALES))
-    p.add_argument("--out", default=None, help="report folder (default reports/<scale>)")
-    for name, kind, text in _OVERRIDES:
-        p.add_argument(f"--{name}", type=_csv(kind) if kind else int, default=None, help=text)
-    p.add_argument("--schedule", default=None, help="cosine | step | constant (the paper is silent)")
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    p.add_argument("--data-root", default=None, help="folder holding the CIFAR folders")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and a timed estimate; run nothing")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.set_defaults(func=cmd_reproduce)
-
-
-def cmd_reproduce(args) -> int:
-    from .report import plan_text
-    keys = [n.replace("-", "_") for n, _, _ in _OVERRIDES] + ["schedule"]
-    plan = make_plan(args.scale, data_root=args.data_root, **{k: getattr(args, k) for k in keys})
-    out = Path(args.out or f"reports/{args.scale}")
-    if args.dry_run:
-        load, cores = os.getloadavg()[0], os.cpu_count() or 1
-        if load > 0.75 * cores and args.device != "cuda":
-            print(f"note: load average {load:.1f} on {cores} cores: other processes share the CPU, "
-                  "so these timings overstate an idle machine's", file=sys.stderr)
-        print(plan_text(plan, out, estimate(plan, device=args.device),
-                        {u.name for u in plan.units if unit_done(out, u)}, args.device,
-                        {d: data_identity(d, args.data_root, "train") is not None
-                         for d in plan.config["datasets"]}))
-        return 0
-    text = (lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v))  # noqa: E731
-    flags = [f"--{k.replace('_', '-')} {shlex.quote(text(v))}" for k, v in vars(args).items()
-             if k not in ("command", "func", "scale", "dry_run", "quiet") and v is not None]
-    try:
-        path = reproduce(plan, out, device=args.device, data_root=args.data_root, quiet=args.quiet,
-                         command=f"python -m parl_core reproduce --scale {args.scale} " + " ".join(flags))
-    except (KeyboardInterrupt, Interrupted) as e:
-        print(f"interrupted ({e or 'Ctrl-C'}); finished units are kept: rerun the same command to "
-              "continue", file=sys.stderr)
-        return 130
-    except RuntimeError as e:  # a unit failed; finished units are kept
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"report: {path} (and report.html, CSV tables in {out})")
-    return 0

@@ -2,9 +2,7 @@
 after an interruption (between units and inside a training), the dry run, bad arguments."""
 from __future__ import annotations
 
-import argparse
 import shutil
-import sys
 
 import pandas as pd
 import pytest
@@ -29,20 +27,9 @@ def one_thread():
 
 
 def run_cli(argv) -> int:
-    """`python -m parl_core reproduce ARGV`: through parl_core.cli once the command is
-    registered there, else through the same parser wiring and error handling."""
+    """`python -m parl_core reproduce ARGV` in this process."""
     import parl_core.cli as cli
-    if "add_reproduce_command" in open(cli.__file__).read():
-        return cli.main(["reproduce", *argv])
-    parser, common = argparse.ArgumentParser(), argparse.ArgumentParser(add_help=False)
-    common.add_argument("--threads", type=int, default=None)
-    rp.add_reproduce_command(parser.add_subparsers(dest="command", required=True), common)
-    args = parser.parse_args(["reproduce", *argv])
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return cli.main(["reproduce", *argv])
 
 
 def _numbers(folder):
