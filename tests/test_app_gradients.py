@@ -1,5 +1,15 @@
-"""Gradients page (Figure 1) through AppTest."""
-from conftest import open_page, rerun
+"""Gradients page (Figure 1) through AppTest: ENS_U and PARL in two rows on one colour
+scale, layer-k views labelled as what they are (and layer 1's spike said in words), the
+angle view, the distributions, and captions that follow the numbers."""
+import json
+
+import numpy as np
+import pytest
+
+import parl_core as pc
+from conftest import REPO, open_page, rerun
+from dashboard import findings
+from parl_core.plots.gradient_rows import gradient_rows_figure
 from test_app_cifar_folders import shared_checkpoints  # noqa: F401  digits-only folder
 
 PAGE = "pages/gradients.py"
@@ -9,13 +19,56 @@ def _example_line(at):
     return next(m.value for m in at.markdown if m.value.startswith("**Test example #"))
 
 
-def test_renders_figure_one_for_the_active_checkpoint(app_env):
+def _spec(at, marker: str) -> dict:
+    return json.loads(next(c.proto.spec for c in at.get("plotly_chart") if marker in c.proto.spec))
+
+
+def _text(at) -> str:
+    return "\n".join([m.value for m in at.markdown] + [c.value for c in at.caption]
+                     + [i.value for i in at.info])
+
+
+def _rows_figure(at) -> dict:
+    return _spec(at, "one row per ensemble")
+
+
+def test_two_rows_of_members_on_one_colour_scale(app_env):
     at = open_page(PAGE)
     assert _example_line(at).startswith("**Test example #0**")
-    assert len(at.get("plotly_chart")) == 3  # maps, angle matrix, 3-D directions
-    # the paper's Figure 1: a similar pair (two ENS_U members) and a diverse pair (two PARL members)
+    assert at.selectbox(key="k_gr_row1").value == "digits_ens_u"
+    assert at.selectbox(key="k_gr_row2").value == "digits_parl"
+    fig = _rows_figure(at)
+    titles = [a["text"] for a in fig["layout"]["annotations"]]
+    assert [f"{m} · member {i}" for m in ("ENS_U", "PARL") for i in (1, 2, 3)] == titles[1:]
+    maps = [t for t in fig["data"] if t["type"] == "heatmap" and t.get("colorscale") != "gray"
+            and "·" in t.get("name", "")]
+    assert len(maps) == 6
+    assert len({(t["zmin"], t["zmax"]) for t in maps}) == 1  # one scale for both rows
+    assert sum(bool(t.get("showscale")) for t in maps) == 1  # one colour bar
+    assert maps[-1]["colorbar"]["title"]["text"] == "∂loss/∂pixel"
+    # the angle matrix and 3-D directions of the paper's Figure 1 members
     assert at.multiselect(key="k_gr_models").value == ["digits_ens_u:0", "digits_ens_u:1",
                                                        "digits_parl:0", "digits_parl:1"]
+    assert len(at.get("plotly_chart")) == 3
+    # the mean angle within each row, computed from the same gradients
+    ens = {n: pc.load_checkpoint(app_env / f"{n}.safetensors")[0] for n in ("digits_ens_u", "digits_parl")}
+    ds = pc.load_dataset("digits", "test")
+    within = {}
+    for n, e in ens.items():
+        g = pc.input_gradients(e, ds.images[:1], ds.labels[:1])
+        deg = pc.cosine_to_angle(np.asarray(pc.gradient_cosines(g)[0]))
+        within[n] = np.mean([deg[0, 1], deg[0, 2], deg[1, 2]])
+    text = next(m.value for m in at.markdown if m.value.startswith("At this example, the members'"))
+    assert f"{within['digits_ens_u']:.0f}° apart in ENS_U (digits_ens_u)" in text
+    assert f"{within['digits_parl']:.0f}° apart in PARL (digits_parl)" in text
+
+
+def test_one_row_when_the_second_is_none(app_env):
+    at = open_page(PAGE)
+    at.selectbox(key="k_gr_row2").set_value("(none)")
+    rerun(at)
+    titles = [a["text"] for a in _rows_figure(at)["layout"]["annotations"]]
+    assert titles[1:] == ["ENS_U · member 1", "ENS_U · member 2", "ENS_U · member 3"]
 
 
 def test_example_index_changes_the_view_and_the_url(app_env):
@@ -27,9 +80,14 @@ def test_example_index_changes_the_view_and_the_url(app_env):
     assert at.query_params["example"] in ("7", ["7"])
 
 
-def test_example_from_the_url(app_env):
-    at = open_page(PAGE, query={"example": "12"})
+def test_settings_from_the_link_and_back(app_env):
+    at = open_page(PAGE, query={"example": "12", "grad": "layer", "layer": "2", "bottom": "digits_adp"})
     assert _example_line(at).startswith("**Test example #12**")
+    assert at.radio(key="k_gr_kind").value == "PARL layer-k" and at.slider(key="k_gr_layer").value == 2
+    assert at.selectbox(key="k_gr_row2").value == "digits_adp"
+    at.slider(key="k_gr_layer").set_value(3)
+    rerun(at)
+    assert at.query_params["layer"] in ("3", ["3"]) and at.query_params["grad"] in ("layer", ["layer"])
 
 
 def test_class_and_misclassified_pickers(app_env):
@@ -42,25 +100,46 @@ def test_class_and_misclassified_pickers(app_env):
     at.radio(key="k_gr_mode").set_value("misclassified")
     rerun(at)
     line = _example_line(at)
-    # the ensemble's vote on this example is wrong, so some member disagrees with the truth
     true = line.split("true class **")[1].split("**")[0]
     preds = [p.split(": ")[1].rstrip(".") for p in line.split("predictions ")[1].split(", ")]
     assert any(p != true for p in preds)
 
 
-def test_models_from_two_checkpoints_and_layer_gradient(app_env):
+def test_layer_k_view_is_labelled_for_what_it_shows(app_env):
     at = open_page(PAGE)
-    at.multiselect(key="k_gr_models").set_value(["digits_ens_u:0", "digits_ens_u:1", "digits_parl:0"])
-    rerun(at)
-    assert "ENS_U M1" in _example_line(at) and "PARL M1" in _example_line(at)
     at.radio(key="k_gr_kind").set_value("PARL layer-k")
     rerun(at)
     at.slider(key="k_gr_layer").set_value(2)
     rerun(at)
-    assert any("layer-2 gradient" in c.value for c in at.caption)
+    fig = _rows_figure(at)
+    bar = next(t for t in fig["data"] if t.get("showscale"))["colorbar"]["title"]["text"]
+    assert "loss" not in bar and "layer 2" in bar
+    assert fig["layout"]["title"]["text"].startswith("Layer-2 gradient of every member")
+    text = _text(at)
+    assert "gradient of layer 2's summed pre-BN output w.r.t. the pixels" in text
+    assert "raises the loss" not in text and "∂loss" not in json.dumps(fig)
+    assert "Angles between layer-2 gradients" in json.dumps(_spec(at, "Angles between"))
 
 
-def test_distribution_is_computed_on_request(app_env):
+def test_layer_one_is_the_same_for_every_input_and_its_spike_is_said(app_env):
+    at = open_page(PAGE, query={"grad": "layer", "layer": "1"})
+    assert any("the same for every" in i.value for i in at.info)
+    at.slider(key="k_gr_dist_n").set_value(50)
+    rerun(at)
+    at.button(key="gr_dist_go").click()
+    rerun(at)
+    ds = pc.evaluation_subset(pc.load_dataset("digits", "test"), 50)
+    ens, _ = pc.load_checkpoint(app_env / "digits_parl.safetensors")
+    d = pc.cosine_distribution(ens, ds.images, ds.labels, layer=1)
+    assert np.ptp(d["all"].reshape(3, -1), axis=1).max() < 1e-4  # truly one value per pair
+    line = next(m.value for m in at.markdown if m.value.startswith("PARL (digits_parl): all 50 examples"))
+    assert f"{d['cosines'][(0, 1)][0]:+.2f} for M1–M2" in line and "not a distribution" in line
+    assert not any("cosine between members" in c.proto.spec for c in at.get("plotly_chart"))  # no histogram
+    finding = next(m.value for m in at.markdown if m.value.startswith("Median cosine"))
+    assert "layer-1 gradients" in finding
+
+
+def test_loss_distribution_on_request_then_kept(app_env):
     at = open_page(PAGE)
     assert at.selectbox(key="k_gr_dist_a").value == "digits_ens_u"
     assert at.selectbox(key="k_gr_dist_b").value == "digits_parl"
@@ -69,9 +148,35 @@ def test_distribution_is_computed_on_request(app_env):
     assert len(at.get("plotly_chart")) == 3
     at.button(key="gr_dist_go").click()
     rerun(at)
-    assert len(at.get("plotly_chart")) == 4
+    hist = _spec(at, "Loss-gradient cosine between members")
+    assert len(hist["data"]) == 2
     rerun(at)  # kept: shown at once, no button
     assert len(at.get("plotly_chart")) == 4 and not any(b.key == "gr_dist_go" for b in at.button)
+
+
+def _dist(values):
+    v = np.asarray(values, dtype=float)
+    return {"all": v, "n": len(v) // 3, "cosines": {(0, 1): v[0::3], (0, 2): v[1::3], (1, 2): v[2::3]},
+            "labels": ["M1–M2", "M1–M3", "M2–M3"], "summary": {"all": {"mean": float(v.mean()),
+                                                                        "q50": float(np.median(v))}},
+            "gradient": "loss (cross-entropy)", "layer": None}
+
+
+def test_reversed_effect_is_said_plainly(app_env, monkeypatch):
+    """PARL's gradients made MORE aligned than ENS_U's: the caption must not claim the effect."""
+    from dashboard import compute
+    rng = np.random.default_rng(0)
+    fake = {"digits_parl": _dist(0.5 + 0.05 * rng.standard_normal(150)),
+            "digits_ens_u": _dist(0.1 + 0.05 * rng.standard_normal(150))}
+    real = compute.stored
+    monkeypatch.setattr(compute, "stored", lambda key: fake[key[1][0].rsplit("/", 1)[-1][:-12]]
+                        if key[0] == "cosdist" else real(key))
+    at = open_page(PAGE)
+    text = next(m.value for m in at.markdown if m.value.startswith("Median cosine"))
+    med = {n: np.median(d["all"]) for n, d in fake.items()}
+    assert f"ENS_U (digits_ens_u): {med['digits_ens_u']:+.2f}" in text
+    assert f"PARL (digits_parl): {med['digits_parl']:+.2f}" in text
+    assert "are not less aligned than ENS_U's here" in text and "are less aligned" not in text
 
 
 def test_provenance_is_built_only_when_opened(app_env):
@@ -92,3 +197,61 @@ def test_direction_diagram_svg_by_default_webgl_on_request(app_env):
     at.toggle(key="k_gr_webgl").set_value(True)
     rerun(at)
     assert '"scatter3d"' in diagram()
+
+
+# --------------------------------------------------------------------------- pure parts
+def test_rows_figure_shares_one_range_over_every_map():
+    rng = np.random.default_rng(1)
+    weak, strong = 0.01 * rng.standard_normal((3, 1, 8, 8)), rng.standard_normal((2, 1, 8, 8))
+    fig = gradient_rows_figure(rng.random((1, 8, 8)), {"A": (weak, ["m1", "m2", "m3"]), "B": (strong, ["m1", "m2"])},
+                               clip_percentile=100, value_label="v")
+    maps = [t for t in fig.data if t.type == "heatmap" and t.name != "input"]
+    r = float(np.abs(np.concatenate([weak.sum(1).ravel(), strong.sum(1).ravel()])).max())
+    assert all(np.isclose(t.zmax, r) and np.isclose(t.zmin, -r) for t in maps)  # A is not rescaled alone
+    assert [t.showscale for t in maps] == [False] * 4 + [True]
+    assert [a.text for a in fig.layout.annotations] == ["input", "A · m1", "A · m2", "A · m3", "B · m1", "B · m2"]
+
+
+@pytest.mark.parametrize("rows,message", [
+    ({}, "rows must map"),
+    ({"A": (np.zeros((2, 1, 4, 4)), ["only one"])}, "must name each of its 2 members"),
+    ({"A": (np.zeros((2, 4, 4)), ["a", "b"])}, "must be (M, C, H, W)"),
+    ({"A": (np.zeros((1, 1, 4, 4)), ["a"]), "B": (np.zeros((1, 1, 5, 5)), ["b"])}, "same image size"),
+])
+def test_rows_figure_names_what_is_wrong(rows, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        gradient_rows_figure(np.zeros((1, 4, 4)), rows)
+
+
+def test_gradient_words_and_spikes():
+    assert findings.gradient_words(None)["bar"] == "∂loss/∂pixel"
+    w = findings.gradient_words(3)
+    assert "loss" not in w["bar"] + w["title"] + w["sign"] and "summed pre-BN output" in w["what"]
+    with pytest.raises(ValueError, match="layer must be None"):
+        findings.gradient_words(0)
+    spike = _dist(np.tile([0.25, -0.1, 0.4], 20))
+    assert findings.constant_pairs(spike) == pytest.approx({"M1–M2": 0.25, "M1–M3": -0.1, "M2–M3": 0.4})
+    assert findings.constant_pairs(_dist(np.linspace(0, 1, 60))) is None
+    text = findings.constant_text("PARL", spike, findings.constant_pairs(spike))
+    assert text.startswith("PARL: all 20 examples have the same cosine") and "-0.10 for M1–M3" in text
+
+
+def test_layer_finding_words_and_beyond_k():
+    methods = {"PARL": "parl", "ENS_U": "ce_only"}
+    less = findings.cosine_finding({"PARL": _dist([-0.3] * 9), "ENS_U": _dist([0.2] * 9)}, methods, layer=2,
+                                   parl_layers=7)
+    assert "layer-2 gradients are less aligned than ENS_U's (-0.50), as its regulariser asks" in less
+    beyond = findings.cosine_finding({"PARL": _dist([0.3] * 9), "ENS_U": _dist([0.2] * 9)}, methods, layer=9,
+                                     parl_layers=7)
+    assert "beyond the first 7 layers" in beyond and "layer-9 gradients are not less aligned" in beyond
+
+
+def test_shipped_cifar_layer_one_is_input_independent():
+    """The note's claim on a real ResNet20: layer 1's gradient is the same at two inputs."""
+    path = REPO / "checkpoints" / "cifar10_parl.safetensors"
+    if not path.is_file():
+        pytest.skip("the shipped CIFAR-10 PARL checkpoint is absent")
+    ens, _ = pc.load_checkpoint(path, device="cpu")
+    x = pc.load_dataset("cifar10", "test").images[:2]
+    g = pc.input_gradients(ens, x, layer=1)
+    assert np.allclose(g[:, 0], g[:, 1], atol=1e-5)

@@ -1,0 +1,176 @@
+"""Views shared by the Gradients, Diversity and Lesson pages: ENS_U and PARL side by side
+(one example's gradient maps in two rows on one colour scale; CKA heatmaps next to each
+other on one scale), with captions computed from what they show (dashboard/findings.py).
+
+Streamlit app layer: the figures come from parl_core.plots, the numbers from the caches
+in dashboard/compute.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+import parl_core as pc
+import parl_core.plots as pp
+from parl_core.plots.analysis import ESTIMATOR_TEXT
+from parl_core.plots.gradient_rows import gradient_rows_figure
+
+from . import cache, compute, findings, ui
+
+
+def ckpt_label(name: str) -> str:
+    """'ENS_U (cifar10_ens_u)'."""
+    return f"{pc.method_label(cache.metadata(cache.checkpoints()[name])['method'])} ({name})"
+
+
+def method_of(name: str) -> str:
+    return cache.metadata(cache.checkpoints()[name])["method"]
+
+
+def parl_layers(names) -> int | None:
+    """The K of the first PARL checkpoint among `names` (what its regulariser covered)."""
+    for n in names:
+        meta = cache.metadata(cache.checkpoints()[n])
+        if meta.get("method") == "parl":
+            k = (meta.get("params") or {}).get("layers")
+            return int(k) if k else None
+    return None
+
+
+def member_labels(options) -> dict:
+    """{"ckpt:i": "ENS_U M1"} for member options; the checkpoint's name instead of its method
+    where two of the checkpoints share a method."""
+    ckpts = list(dict.fromkeys(o.rsplit(":", 1)[0] for o in options))
+    method = {c: pc.method_label(method_of(c)) for c in ckpts}
+    clash = {m for m in method.values() if list(method.values()).count(m) > 1}
+    return {o: f"{method[c] if method[c] not in clash else c} M{int(i) + 1}"
+            for o in options for c, i in [o.rsplit(":", 1)]}
+
+
+def members_of(name: str) -> list[str]:
+    return [f"{name}:{i}" for i in range(cache.metadata(cache.checkpoints()[name])["members"])]
+
+
+def example_gradients(options, dataset: str, example: int, layer: int | None) -> dict:
+    """Gradients, cosines and predictions of the member options ("ckpt:i") at one test
+    example (cached), plus {"labels": {option: label}}."""
+    paths = cache.checkpoints()
+    refs = tuple((compute.ref(paths[o.rsplit(":", 1)[0]]), int(o.rsplit(":", 1)[1])) for o in options)
+    res = dict(compute.example_gradients(refs, dataset, example, layer))
+    res["labels"] = member_labels(options)
+    res["options"], res["index"] = list(options), int(example)
+    return res
+
+
+def layer_one_note(layer: int | None) -> None:
+    """Layer 1's PARL gradient does not depend on the input: say so where it is shown."""
+    if layer == 1:
+        st.info("Under PARL's definition (the layer's outputs before batch norm, summed), layer 1's "
+                "output is a linear function of the pixels, so its gradient is **the same for every "
+                "input**: these maps are the members' first-layer filters summed over positions, and "
+                "each member pair has one cosine for all examples.", icon=":material/info:")
+
+
+def gradient_rows(rows: list[str], res: dict, test, *, layer: int | None, key: str, prov=None) -> None:
+    """One example's gradient in every member of each checkpoint in `rows` (one row each,
+    one colour scale), its caption and the mean angle within each row."""
+    words = findings.gradient_words(layer)
+    idx = {o: k for k, o in enumerate(res["options"])}
+    fig_rows = {}
+    for name in rows:
+        opts = members_of(name)
+        label = pc.method_label(method_of(name)) if len(rows) == len({method_of(r) for r in rows}) else name
+        fig_rows[label] = (res["grads"][[idx[o] for o in opts]], [f"member {int(o.rsplit(':', 1)[1]) + 1}"
+                                                                  for o in opts])
+    if test.is_image:
+        fig = gradient_rows_figure(res["x"], fig_rows, input_label=f"input: {test.classes[res['y']]}",
+                                   value_label=words["bar"],
+                                   title=("Loss gradient" if layer is None else f"Layer-{layer} gradient")
+                                   + " of every member, one row per ensemble")
+        ui.show_figure(fig, f"The input (true class {test.classes[res['y']]}) and the {words['what']} of "
+                       f"every member of {findings._fmt_list([ckpt_label(r) for r in rows])}, one colour scale "
+                       f"for all maps ({words['sign']}). Maps that look alike within a row mean an attack "
+                       "on one member also works on the others.", key=key, prov=prov,
+                       title=f"gradient_rows_example{res.get('index', '')}")
+    else:
+        st.info("2-D data: gradient maps need images; the angles below still apply (see the Playground).")
+    groups = {ckpt_label(r): [idx[o] for o in members_of(r)] for r in rows}
+    text = findings.angle_finding(res["cos"], groups, {ckpt_label(r): method_of(r) for r in rows})
+    if text:
+        st.markdown(text.replace("the chosen members'", "the members'"))
+
+
+def distribution_view(have: dict, dataset: str, n: int, layer: int | None, *, key: str, prov=None) -> None:
+    """Cosine distributions over the test set of each checkpoint in `have` ({name: result}):
+    a histogram, except for distributions that are one spike per pair (said in words), and
+    the computed finding."""
+    words = findings.gradient_words(layer)
+    dists = {ckpt_label(nm): v for nm, v in have.items()}
+    methods = {ckpt_label(nm): method_of(nm) for nm in have}
+    spikes = {lab: findings.constant_pairs(d) for lab, d in dists.items()}
+    for lab, values in spikes.items():
+        if values is not None:
+            st.markdown(findings.constant_text(lab, dists[lab], values))
+    spread = {lab: d for lab, d in dists.items() if spikes[lab] is None}
+    if spread:
+        ui.show_figure(pp.cosine_histogram_figure(spread, title=words["title"]),
+                       f"How aligned the members' gradients ({words['what']}) are, example by example, for "
+                       "every member pair: 1 = the same direction, 0 = perpendicular, −1 = opposite. "
+                       + ("" if len(spread) == len(dists) else
+                          "Distributions that are a single value per pair are stated above, not drawn. ")
+                       + f"Test images: {compute.data_caption(dataset, n)}.", key=key, prov=prov,
+                       title="cosine_distribution")
+    st.markdown(findings.cosine_finding(dists, methods, layer, parl_layers(list(have))))
+
+
+# --------------------------------------------------------------------------- CKA
+def pair_options(results: dict) -> list:
+    """"mean" and the member pairs every result has, e.g. ["mean", (0, 1), (0, 2), (1, 2)]."""
+    common = None
+    for r in results.values():
+        keys = [tuple(p) for p in r["pairs"]]
+        common = keys if common is None else [p for p in common if p in keys]
+    return ["mean", *(common or [])]
+
+
+def pair_text(p, results: dict) -> str:
+    if p == "mean":
+        n = {len(r["pairs"]) for r in results.values()}
+        return f"the mean of the {n.pop()} member pairs" if len(n) == 1 else "the mean of the member pairs"
+    return f"members {p[0] + 1} and {p[1] + 1}"
+
+
+def pair_matrix(result: dict, p) -> np.ndarray:
+    if p == "mean":
+        return np.mean([np.asarray(q["matrix"], dtype=float) for q in result["pairs"].values()], axis=0)
+    return np.asarray(result["pairs"][tuple(p)]["matrix"], dtype=float)
+
+
+def cka_heatmaps(results: dict, p, k: int, estimator: str, *, key: str, prov=None) -> None:
+    """The CKA heatmaps of `p` (a member pair or "mean") for each checkpoint in `results`
+    ({name: ensemble_cka result}), side by side on one colour scale (0-1), ENS_U first,
+    with one caption computed from all of them."""
+    names = sorted(results, key=lambda nm: (method_of(nm) != "ce_only", method_of(nm) != "parl"))
+    what = pair_text(p, results)
+    cols = st.columns(len(names))
+    for col, nm in zip(cols, names):
+        m = pair_matrix(results[nm], p)
+        fig = pp.cka_heatmap_figure(m, estimator=estimator, names=("member A", "member B") if p == "mean"
+                                    else (f"member {p[0] + 1}", f"member {p[1] + 1}"),
+                                    title=ckpt_label(nm))
+        fig.update_layout(title={"text": f"{ckpt_label(nm)}<br><sup>{what}</sup>"}, height=430,
+                          margin={"t": 80, "l": 10, "r": 10, "b": 10})
+        if len(m) > 8:  # a number per cell does not fit at 14 px: the values are in the hover
+            fig.update_traces(texttemplate=None, text=None)
+        with col:
+            ui.chart(fig, key=f"fig_{key}_{nm}")
+    st.caption(findings.cka_heatmap_caption({ckpt_label(nm): pair_matrix(results[nm], p) for nm in names},
+                                            {ckpt_label(nm): method_of(nm) for nm in names}, k, what)
+               + f" {ESTIMATOR_TEXT.get(estimator, estimator).capitalize()}.")
+
+
+def regularised_k(names, results: dict) -> int:
+    """The first K layers the comparison is about: PARL's K among `names` (7 when none), at
+    most the layers every result has."""
+    k = parl_layers(names) or 7
+    return min([k] + [len(p["diagonal"]) for r in results.values() for p in r["pairs"].values()])
