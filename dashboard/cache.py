@@ -46,10 +46,16 @@ def metadata(path) -> dict:
     return _meta(_stat_key(Path(path)))
 
 
+def _listed() -> list[Path]:
+    """The folder's checkpoint files, without hidden ones: `.tmp-*` files of a write in
+    progress (or of one killed midway) and other dotfiles are never checkpoints."""
+    return [p for p in list_checkpoints(config.checkpoint_dir()) if not p.name.startswith(".")]
+
+
 def checkpoints() -> dict[str, Path]:
     """{stem: path} of the readable checkpoints in the checkpoint folder, sorted by name."""
     out = {}
-    for p in list_checkpoints(config.checkpoint_dir()):
+    for p in _listed():
         try:
             metadata(p)
         except (CheckpointError, OSError, ValueError):
@@ -61,7 +67,7 @@ def checkpoints() -> dict[str, Path]:
 def broken_checkpoints() -> dict[str, str]:
     """{file name: reason} for files in the folder that cannot be read as checkpoints."""
     bad = {}
-    for p in list_checkpoints(config.checkpoint_dir()):
+    for p in _listed():
         try:
             metadata(p)
         except (CheckpointError, OSError, ValueError) as e:
