@@ -1,5 +1,10 @@
 """Train: pick a dataset, architecture and method, estimate the run time, train in the
-background with live progress, and save the result as a checkpoint."""
+background with live progress, and save the result as a checkpoint.
+
+The checkpoint is written after every finished epoch (dashboard/jobs.py); a run that a
+server restart interrupted (or that was cancelled) is offered for resume at the top of the
+page. A name that another run took meanwhile is replaced by the next free one, and a save
+that fails keeps the ensemble in memory with Retry and Download buttons."""
 import streamlit as st
 
 import parl_core as pc
@@ -15,7 +20,7 @@ state.through_app()
 K = state.KEEP
 st.title("Train an ensemble")
 st.caption("Training runs on the server in the background: you can visit other pages and come "
-           "back. The result is saved as a checkpoint and appears in every page's list.")
+           "back. The checkpoint is saved after every finished epoch and appears in every page's list.")
 
 DATASETS = ["digits", *TOY_2D, "cifar10", "cifar100"]
 
@@ -34,10 +39,44 @@ def _n_layers(arch: str, in_ch: int) -> int:
 
 
 def _unique_name(base: str) -> str:
+    """`base`, or `base_2`, `base_3`, ...: the first that is neither a checkpoint nor the
+    name a running job (any session, or the command line) is writing."""
     names, n, name = cache.checkpoints(), 2, base
-    while name in names or jobs.checkpoint_path(name).exists():
+    while name in names or jobs.name_in_use(name):
         name, n = f"{base}_{n}", n + 1
     return name
+
+
+def offer_resume(busy: bool) -> None:
+    """The partial checkpoints of dashboard runs that stopped early (a server restart, a
+    cancel), each with a Resume button that trains the remaining epochs."""
+    runs = jobs.resumable()
+    if not runs:
+        return
+    st.subheader("Unfinished runs")
+    ro = config.readonly()
+    for r in runs:
+        how = "cancelled" if r["cancelled"] else "interrupted (the server stopped)"
+        c = st.columns([5, 1], vertical_alignment="center")
+        c[0].markdown(f"`{r['name']}`: {pc.method_label(r['method'])} on {r['dataset']}, {how} after "
+                      f"epoch {r['epochs_done']} of {r['epochs']}. The checkpoint holds the finished "
+                      f"epochs; Resume trains the remaining {r['epochs'] - r['epochs_done']} from there, "
+                      "as the uninterrupted run would have.")
+        if c[1].button("Resume", key=f"tr_resume_{r['name']}", icon=":material/play_circle:",
+                       disabled=busy or ro):
+            try:
+                job = jobs.resume_job(r["name"])
+            except jobs.JobLimitError as e:
+                ui.show_error("The server is busy", e, "Wait for a running job to finish, then press "
+                              "Resume again.")
+            except (PermissionError, FileExistsError, FileNotFoundError, ValueError) as e:
+                ui.show_error(f"`{r['name']}` cannot be resumed", e, "Its checkpoint can still be "
+                              "used as it is, or train a new run below.")
+            else:
+                st.session_state["train_job"] = job.id
+                st.rerun()
+    if ro:
+        st.caption("Resuming is off in classroom (read-only) mode: it replaces the partial checkpoint.")
 
 
 def offer_download(ds: str) -> None:
@@ -148,7 +187,11 @@ def start(s: jobs.TrainSettings) -> None:
         ui.show_error("The server is busy", e, "Wait for a running job to finish (the sidebar shows "
                       "how many run), then press Start again.")
         return
-    except (FileExistsError, ValueError) as e:
+    except PermissionError as e:
+        ui.show_error("Training is not allowed here", e, "Ask the server's administrator, or train "
+                      "with the command line shown above on your own machine.")
+        return
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
         ui.show_error("Training could not start", e, "Change the settings above and try again.")
         return
     st.session_state["train_job"] = job.id
@@ -172,19 +215,57 @@ def _history_figure(job_id: str, epochs: int, history: list):
     return cached[1]
 
 
+def show_unsaved(job: jobs.Job, snap: dict) -> None:
+    """A finished run whose checkpoint could not be written: why, Retry, Download."""
+    name = snap["settings"].name
+    ui.show_error(f"Trained {len(snap['history'])} epoch(s), but the checkpoint `{name}.safetensors` "
+                  "could not be saved", snap["save_error"] or "unknown error",
+                  "The trained ensemble is kept in memory until the server restarts: free some disk "
+                  "space (or fix the checkpoint folder's permissions) and press *Retry saving*, or "
+                  "download the checkpoint." + (
+                      f" The file on disk holds only the first {snap['saved_epochs']} epoch(s)."
+                      if snap["saved_epochs"] else ""))
+    c = st.columns(2)
+    if c[0].button("Retry saving", icon=":material/save:", key="tr_retry_save"):
+        jobs.retry_save(job)
+        st.rerun(scope="app")  # saved: the success message; else the new reason
+    try:
+        data = jobs.checkpoint_bytes(job)
+    except OSError as e:
+        c[1].caption(f"Download unavailable: {e}")
+    else:
+        c[1].download_button("Download the checkpoint", data, file_name=f"{name}.safetensors",
+                             mime="application/octet-stream", icon=":material/download:",
+                             key="tr_download_unsaved")
+
+
 def show_job(job: jobs.Job, polling: bool) -> None:
     snap = job.snapshot()
     s, last = snap["settings"], snap["last"]
     st.subheader(f"Run `{s.name}` — {pc.method_label(s.method)} on {s.dataset}")
+    if snap["requested_name"]:
+        st.info(f"`{snap['requested_name']}` was taken (a checkpoint or another running job has that "
+                f"name), so this run is saved as `{s.name}`.", icon=":material/info:")
     if job.active:
         frac = last.get("global_step", 0) / max(1, last.get("total_steps") or 1)
         st.progress(min(1.0, frac), text=_progress_text(last))
         if st.button("Cancel", icon=":material/stop_circle:", key="tr_cancel"):
             job.cancel()
             st.toast("Cancelling… the last finished epoch is kept.")
+        if snap["save_error"]:
+            st.warning(f"Saving after the last epoch failed: {snap['save_error']}. Training goes on; "
+                       "the next finished epoch tries again.", icon=":material/warning:")
+        elif snap["saved_epochs"]:
+            st.caption(f"Saved after every finished epoch: `{s.name}.safetensors` holds "
+                       f"{snap['saved_epochs']} of {s.epochs}. If the server stops, this page offers "
+                       "to resume from there.")
     elif snap["status"] == "failed":
+        kept = (f" The checkpoint `{snap['saved_path'].name}` keeps the {snap['saved_epochs']} epoch(s) "
+                "finished before." if snap["saved_path"] is not None else "")
         ui.show_error("Training failed", snap["error"], "Change the settings (e.g. a smaller batch or "
-                      "learning rate) and start again.")
+                      "learning rate) and start again." + kept)
+    elif snap["pending"]:
+        show_unsaved(job, snap)
     elif snap["saved_path"] is not None:
         word = "Cancelled; kept" if snap["status"] == "cancelled" else "Finished:"
         st.success(f"{word} {len(snap['history'])} epoch(s), saved as `{snap['saved_path'].name}`.",
@@ -208,9 +289,10 @@ def show_job(job: jobs.Job, polling: bool) -> None:
 if not config.training_allowed():
     st.info("Training is switched off on this server (PARL_NO_TRAIN=1).")
     st.stop()
-settings, available = settings_form()
 job = jobs.get_job(st.session_state.get("train_job"))
 busy = job is not None and job.active
+offer_resume(busy)
+settings, available = settings_form()
 if settings is not None:
     st.caption("Equivalent command line:")
     st.code(settings.command(config.checkpoint_dir()), language="bash")

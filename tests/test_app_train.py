@@ -120,3 +120,90 @@ def test_failed_job_shows_error_not_traceback(app_env, status):
         assert any("out of memory" in e.value for e in at.error)
     finally:
         jobs._JOBS.pop(job.id)
+
+
+# ------------------------------------------------------------------ nothing trained is lost
+def _start_tiny(at, name: str, epochs: int = 1):
+    at.number_input(key="k_tr_epochs").set_value(epochs)
+    at.number_input(key="k_tr_subset").set_value(64)
+    at.number_input(key="k_tr_batch").set_value(32)
+    at.slider(key="k_tr_members").set_value(2)
+    at.text_input(key="k_tr_name").input(name)
+    rerun(at)
+    at.button(key="tr_start").click()
+    rerun(at)
+    job = jobs.get_job(at.session_state["train_job"])
+    job_thread_join(job)
+    rerun(at)
+    return job
+
+
+def _texts(elements) -> str:
+    return " ".join(e.value for e in elements)
+
+
+def test_a_taken_name_is_replaced_by_the_next_free_one_and_the_person_told(private_checkpoints):
+    from parl_core.runlock import RunLock
+    at = open_page(PAGE)
+    # another session's run reserved the name a moment ago (no file yet)
+    with RunLock(private_checkpoints / "tiny_taken.safetensors", owner="another session"):
+        job = _start_tiny(at, "tiny_taken")
+    assert job.settings.name == "tiny_taken_2" and job.status == "finished", job.error
+    assert "`tiny_taken` was taken" in _texts(at.info) and "saved as `tiny_taken_2`" in _texts(at.info)
+    assert "saved as `tiny_taken_2.safetensors`" in _texts(at.success)
+    assert not (private_checkpoints / "tiny_taken.safetensors").exists()
+
+
+def test_a_failed_save_says_why_and_offers_retry_and_download(private_checkpoints, monkeypatch):
+    import errno
+    full = {"on": True}
+    real = jobs._write
+
+    def write(path, ens, meta):
+        if full["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, ens, meta)
+    monkeypatch.setattr(jobs, "_write", write)
+    at = open_page(PAGE)
+    job = _start_tiny(at, "tiny_full")
+    assert job.status == "finished" and job.pending is not None
+    msg = _texts(at.error)
+    assert "could not be saved" in msg and "No space left on device" in msg and "Retry saving" in msg
+    assert at.get("download_button"), "no download button for the unsaved checkpoint"
+    full["on"] = False  # space freed
+    at.button(key="tr_retry_save").click()
+    rerun(at)
+    assert "saved as `tiny_full.safetensors`" in _texts(at.success)
+    assert (private_checkpoints / "tiny_full.safetensors").is_file()
+
+
+def test_an_interrupted_run_is_offered_for_resume(private_checkpoints, monkeypatch):
+    real = jobs.Job.on_progress
+
+    def stop_after_first(self, ev):  # the server "dies" after epoch 1 of 3
+        real(self, ev)
+        if ev["event"] == "epoch":
+            self.cancel()
+    with monkeypatch.context() as m:
+        m.setattr(jobs.Job, "on_progress", stop_after_first)
+        first = jobs.start_job(jobs.TrainSettings(members=2, epochs=3, batch_size=32, train_subset=64,
+                                                  name="tiny_halfway"))
+        job_thread_join(first)
+    monkeypatch.setattr(jobs, "_JOBS", {})  # a restarted server remembers no job
+    monkeypatch.setenv("PARL_READONLY", "1")
+    at = open_page(PAGE)
+    assert "after epoch 1 of 3" in _texts(at.markdown)
+    assert at.button(key="tr_resume_tiny_halfway").disabled  # classroom mode: it replaces a file
+    monkeypatch.delenv("PARL_READONLY")
+    at = open_page(PAGE)
+    assert any(h.value == "Unfinished runs" for h in at.subheader)
+    at.button(key="tr_resume_tiny_halfway").click()
+    rerun(at)
+    job = jobs.get_job(at.session_state["train_job"])
+    job_thread_join(job)
+    rerun(at)
+    assert job.status == "finished", job.error
+    assert "Finished: 3 epoch(s), saved as `tiny_halfway.safetensors`" in _texts(at.success)
+    assert not any(h.value == "Unfinished runs" for h in at.subheader)
+    import parl_core as pc
+    assert pc.read_metadata(private_checkpoints / "tiny_halfway.safetensors")["epochs_done"] == 3
