@@ -14,6 +14,8 @@ from pathlib import Path
 
 from parl_core.stored_results import KINDS, VERSION, decode, encode, load_result, result_file, save_result
 
+from . import config
+
 PERSISTED = KINDS
 _enc, _dec = encode, decode  # the names earlier code used
 
@@ -45,10 +47,12 @@ def load(key: tuple, fingerprint: str):
     return load_result(kind, path, sha, fingerprint, settings)
 
 
-def save(key: tuple, fingerprint: str, value) -> None:
-    """Write atomically; a read-only folder only means the result is not kept."""
+def save(key: tuple, fingerprint: str, value) -> Path | None:
+    """Write atomically; returns the file, or None when nothing was written: classroom
+    (read-only) mode (PARL_READONLY) never writes, whoever calls, and a read-only folder
+    only means the result is not kept (the page still shows it, from memory)."""
     parts = _parts(key)
-    if parts is None:
-        return
+    if parts is None or config.readonly():
+        return None
     kind, path, sha, settings = parts
-    save_result(kind, path, sha, fingerprint, settings, value)
+    return save_result(kind, path, sha, fingerprint, settings, value)

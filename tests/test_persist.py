@@ -59,3 +59,19 @@ def test_read_only_server_does_not_write(cifar_env, monkeypatch):
     after = set((cifar_env / ".cache").glob("cka_*.json")) if (cifar_env / ".cache").exists() else set()
     assert after == before
 
+
+
+def test_read_only_mode_computes_and_shows_but_never_writes(tmp_path, monkeypatch):
+    """Every writer of the CKA / distribution / transfer results obeys PARL_READONLY itself:
+    persist.save and compute.store (which keeps the value in memory for every session)."""
+    from dashboard import compute
+    monkeypatch.setenv("PARL_READONLY", "1")
+    key = ("cka", (str(tmp_path / "a.safetensors"), "abc"), "digits", 20, 32, "minibatch")
+    assert persist.save(key, "fp", {"overall": 0.5}) is None
+    compute._store.clear()
+    assert compute.store(key, {"overall": 0.25}) == {"overall": 0.25}
+    assert compute.stored(key) == {"overall": 0.25}  # shown, from memory
+    assert not (tmp_path / ".cache").exists()
+    monkeypatch.delenv("PARL_READONLY")
+    assert persist.save(key, "fp", {"overall": 0.5}).is_file()  # a writable server keeps it
+    compute._store.clear()
