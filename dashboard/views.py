@@ -85,8 +85,7 @@ def gradient_rows(rows: list[str], res: dict, test, *, layer: int | None, key: s
     if test.is_image:
         fig = gradient_rows_figure(res["x"], fig_rows, input_label=f"input: {test.classes[res['y']]}",
                                    value_label=words["bar"],
-                                   title=("Loss gradient" if layer is None else f"Layer-{layer} gradient")
-                                   + " of every member, one row per ensemble")
+                                   title=f"Input gradients ({words['short']}), one row per ensemble")
         ui.show_figure(fig, f"The input (true class {test.classes[res['y']]}) and the {words['what']} of "
                        f"every member of {findings._fmt_list([ckpt_label(r) for r in rows])}, one colour scale "
                        f"for all maps ({words['sign']}). Maps that look alike within a row mean an attack "
@@ -124,46 +123,59 @@ def distribution_view(have: dict, dataset: str, n: int, layer: int | None, *, ke
 
 
 # --------------------------------------------------------------------------- CKA
-def pair_options(results: dict) -> list:
-    """"mean" and the member pairs every result has, e.g. ["mean", (0, 1), (0, 2), (1, 2)]."""
+def pair_options(results: dict) -> list[str]:
+    """"mean" and the member pairs (1-based, "1-2") every result has."""
     common = None
     for r in results.values():
-        keys = [tuple(p) for p in r["pairs"]]
+        keys = [f"{i + 1}-{j + 1}" for i, j in r["pairs"]]
         common = keys if common is None else [p for p in common if p in keys]
     return ["mean", *(common or [])]
 
 
-def pair_text(p, results: dict) -> str:
+def _pair(p: str) -> tuple[int, int]:
+    i, j = (int(v) - 1 for v in p.split("-"))
+    return i, j
+
+
+def pair_text(p: str, results: dict) -> str:
+    """'the mean of the 3 member pairs' or 'members 1 and 2'."""
     if p == "mean":
         n = {len(r["pairs"]) for r in results.values()}
         return f"the mean of the {n.pop()} member pairs" if len(n) == 1 else "the mean of the member pairs"
-    return f"members {p[0] + 1} and {p[1] + 1}"
+    i, j = _pair(p)
+    return f"members {i + 1} and {j + 1}"
 
 
-def pair_matrix(result: dict, p) -> np.ndarray:
+def pair_matrix(result: dict, p: str) -> np.ndarray:
+    """The (L, L) CKA matrix of pair p ("1-2"), or the mean over the pairs ("mean")."""
     if p == "mean":
         return np.mean([np.asarray(q["matrix"], dtype=float) for q in result["pairs"].values()], axis=0)
-    return np.asarray(result["pairs"][tuple(p)]["matrix"], dtype=float)
+    return np.asarray(result["pairs"][_pair(p)]["matrix"], dtype=float)
+
+
+def ordered(names) -> list[str]:
+    """ENS_U first, then PARL, then the rest (stable): the side-by-side order everywhere."""
+    return sorted(names, key=lambda nm: (method_of(nm) != "ce_only", method_of(nm) != "parl"))
 
 
 def cka_heatmaps(results: dict, p, k: int, estimator: str, *, key: str, prov=None) -> None:
     """The CKA heatmaps of `p` (a member pair or "mean") for each checkpoint in `results`
     ({name: ensemble_cka result}), side by side on one colour scale (0-1), ENS_U first,
     with one caption computed from all of them."""
-    names = sorted(results, key=lambda nm: (method_of(nm) != "ce_only", method_of(nm) != "parl"))
+    names = ordered(results)
     what = pair_text(p, results)
     cols = st.columns(len(names))
     for col, nm in zip(cols, names):
         m = pair_matrix(results[nm], p)
-        fig = pp.cka_heatmap_figure(m, estimator=estimator, names=("member A", "member B") if p == "mean"
-                                    else (f"member {p[0] + 1}", f"member {p[1] + 1}"),
-                                    title=ckpt_label(nm))
+        fig = pp.cka_heatmap_figure(m, estimator=estimator, names=("one member", "the other") if p == "mean"
+                                    else tuple(f"member {i + 1}" for i in _pair(p)), title=ckpt_label(nm))
         fig.update_layout(title={"text": f"{ckpt_label(nm)}<br><sup>{what}</sup>"}, height=430,
                           margin={"t": 80, "l": 10, "r": 10, "b": 10})
         if len(m) > 8:  # a number per cell does not fit at 14 px: the values are in the hover
             fig.update_traces(texttemplate=None, text=None)
         with col:
-            ui.chart(fig, key=f"fig_{key}_{nm}")
+            ui.show_figure(fig, f"{ckpt_label(nm)}: layer-by-layer CKA of {what}.", key=f"{key}_{nm}",
+                           prov=prov, title=f"cka_{nm}_{p}")
     st.caption(findings.cka_heatmap_caption({ckpt_label(nm): pair_matrix(results[nm], p) for nm in names},
                                             {ckpt_label(nm): method_of(nm) for nm in names}, k, what)
                + f" {ESTIMATOR_TEXT.get(estimator, estimator).capitalize()}.")

@@ -132,7 +132,7 @@ res = views.example_gradients(used, dataset, example, layer)
 labels = res["labels"]
 preds = ", ".join(f"{labels[o]}: {test.classes[p]}" for o, p in zip(used, res["preds"]))
 st.markdown(f"**Test example #{example}** — true class **{test.classes[res['y']]}**; predictions {preds}.")
-st.caption(f"Test image from {compute.data_caption(dataset, None)}. Gradient: {words['what']}.")
+st.caption(f"Test image from {compute.data_caption(dataset, None)}.")
 views.layer_one_note(layer)
 prov = ui.provenance([same[r] for r in rows], {"rows": rows, "dataset": dataset, "split": "test",
                                                "example": example, "gradient": words["what"]},

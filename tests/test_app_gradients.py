@@ -114,7 +114,7 @@ def test_layer_k_view_is_labelled_for_what_it_shows(app_env):
     fig = _rows_figure(at)
     bar = next(t for t in fig["data"] if t.get("showscale"))["colorbar"]["title"]["text"]
     assert "loss" not in bar and "layer 2" in bar
-    assert fig["layout"]["title"]["text"].startswith("Layer-2 gradient of every member")
+    assert fig["layout"]["title"]["text"].startswith("Input gradients (layer-2 gradients), one row")
     text = _text(at)
     assert "gradient of layer 2's summed pre-BN output w.r.t. the pixels" in text
     assert "raises the loss" not in text and "∂loss" not in json.dumps(fig)
