@@ -13,7 +13,7 @@ from parl_core.cli import DEFAULT_ARCH
 from parl_core.data import TOY_2D
 from parl_core.download import SOURCES, download_cifar
 
-from dashboard import cache, config, jobs, methods, state, ui
+from dashboard import cache, config, jobs, methods, state, train_estimate, ui
 
 state.through_app()
 
@@ -169,7 +169,7 @@ def estimate(s: jobs.TrainSettings) -> None:
                  help="Times a few real training steps and one evaluation on this server."):
         with st.spinner("Timing a few training steps…"):
             try:
-                st.session_state["tr_estimate"] = (key, jobs.estimate_seconds(s))
+                st.session_state["tr_estimate"] = (key, train_estimate.estimate_seconds(s))
             except (ValueError, RuntimeError) as e:
                 ui.show_error("Could not time these settings", e, "Check the method parameters.")
     est = st.session_state.get("tr_estimate")
