@@ -13,9 +13,10 @@ from __future__ import annotations
 import inspect
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
-from .layergrad import check_layers, forward_with_layer_grads, num_layers
+from .layergrad import check_grad_options, check_layers, forward_with_layer_grads, num_layers
 
 __all__ = ["parl_loss", "pairwise_cosines", "make_method", "METHODS", "register_method",
            "CEOnly", "PARL", "method_label"]
@@ -47,6 +48,27 @@ def make_method(name: str, **params):
     return cls(**params)
 
 
+def _members(ens) -> list:
+    """The member models of an Ensemble or a list of models (ValueError otherwise)."""
+    members = list(getattr(ens, "members", ens))
+    if not members or not all(isinstance(m, nn.Module) for m in members):
+        raise ValueError("expected an Ensemble or a non-empty list of models")
+    return members
+
+
+def _check_nonneg(**values):
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+            raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+
+
+def non_default(**options) -> dict:
+    """{name: value} for the options given as name=(value, default) whose value differs
+    from the default: options added after a method's parameters were first recorded
+    enter `params` only when used, so earlier records and their hashes stay valid."""
+    return {k: v for k, (v, d) in options.items() if v != d}
+
+
 def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     """Reductions run in float32 under bf16 autocast, in float64 when the model is."""
     return t.to(torch.promote_types(t.dtype, torch.float32))
@@ -69,18 +91,24 @@ def pairwise_cosines(grads: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
 
 def parl_loss(ens, x, y, gamma1: float = 1.0, gamma2: float = 0.5, layers: int | None = None,
-              *, grad_method: str = "auto"):
+              *, grad_method: str = "auto", feature: str = "pre_bn", bn_grad: str = "per_example"):
     """The Pairwise Adversarially Robust Loss, paper Eq. (1), on one batch.
 
         PARL = γ1 · Σ_i mean_x CE_i(x, y) + γ2 · Σ_{i<j} R(M_i, M_j)
         R(M_i, M_j) = mean_x Σ_{k≤K} cos(g^k_i(x), g^k_j(x)),  g^k = ∇_x Σ_f F^k_f(x)
 
-    Choices the paper leaves open, made here:
-      * F^k is the raw output of the k-th conv (linear, for MLPs) layer, before batch
-        norm, shortcut convs excluded (DESIGN §3). K = `layers`, default min(7, L).
-      * The gradient is taken per example with batch-norm statistics held constant
-        (batch statistics in train mode, running ones in eval mode), so g^k(x) is the
-        paper's gradient "for a particular data point".
+    Choices the paper leaves open, made here (parl_core.layergrad has the details):
+      * F^k (`feature`, default "pre_bn") is the raw output of the k-th conv (linear,
+        for MLPs) layer, before batch norm, shortcut convs excluded (DESIGN §3). The
+        stem is linear, so under "pre_bn" layer 1's gradient does not depend on the
+        input: its cosine between two members is the same for every example, and R's
+        layer-1 term is a function of the stem weights alone. "post_bn" (after that
+        layer's batch norm) and "post_relu" (after the ReLU that follows it) are
+        options. K = `layers`, default min(7, L).
+      * `bn_grad` "per_example" (default): the gradient is taken per example with
+        batch-norm statistics held constant (batch statistics in train mode, running
+        ones in eval mode), so g^k(x) is the paper's gradient "for a particular data
+        point". "batch": through the batch statistics, as a plain train-mode forward.
       * The mean over x is the batch mean (a minibatch estimate of the paper's mean
         over the training set); cosines are per example, then averaged.
       * The layer gradients are computed once per member and reused for every pair,
@@ -92,9 +120,11 @@ def parl_loss(ens, x, y, gamma1: float = 1.0, gamma2: float = 0.5, layers: int |
     """
     if gamma1 < 0 or gamma2 < 0:
         raise ValueError(f"gamma1 and gamma2 must be >= 0, got {gamma1} and {gamma2}")
+    check_grad_options(feature, bn_grad)
     k = check_layers(layers, min(num_layers(m) for m in ens.members))
     xg = x if x.requires_grad else x.detach().requires_grad_(False)
-    outs = [forward_with_layer_grads(m, xg, k, method=grad_method, create_graph=True)
+    outs = [forward_with_layer_grads(m, xg, k, method=grad_method, create_graph=True,
+                                     feature=feature, bn_grad=bn_grad)
             for m in ens.members]
     logits = [o[0] for o in outs]
     ce, ces = _ce_sum(logits, y)
@@ -123,15 +153,23 @@ class CEOnly:
 
 @register_method
 class PARL:
-    """PARL (paper Eq. 1): see `parl_loss`. Paper defaults γ1 = 1, γ2 = 0.5, K = 7."""
+    """PARL (paper Eq. 1): see `parl_loss`. Paper defaults γ1 = 1, γ2 = 0.5, K = 7.
+
+    `feature` ("pre_bn" | "post_bn" | "post_relu") and `bn_grad` ("per_example" |
+    "batch") appear in `params` only when they differ from their defaults, so a run at
+    the defaults records (and hashes) the same parameters as before they existed.
+    """
     name = "parl"
 
     def __init__(self, gamma1: float = 1.0, gamma2: float = 0.5, layers: int | None = None,
-                 grad_method: str = "auto"):
+                 grad_method: str = "auto", feature: str = "pre_bn", bn_grad: str = "per_example"):
         if gamma1 < 0 or gamma2 < 0:
             raise ValueError(f"gamma1 and gamma2 must be >= 0, got {gamma1} and {gamma2}")
+        check_grad_options(feature, bn_grad)
         self.params = {"gamma1": float(gamma1), "gamma2": float(gamma2), "layers": layers,
                        "grad_method": grad_method}
+        self.params.update(non_default(feature=(feature, "pre_bn"),
+                                       bn_grad=(bn_grad, "per_example")))
 
     def __call__(self, ens, x, y):
         return parl_loss(ens, x, y, **self.params)

@@ -4,6 +4,9 @@ Every model maps pixel-space inputs (DESIGN §3) to logits and, on request, retu
 the raw outputs of its conv (linear, for the MLP) layers in forward order, before
 batch norm, shortcut convs excluded: `logits, feats = model(x, return_features=True)`.
 That list is what PARL's "first K layers" and CKA's "layer-wise" both mean.
+Every forward also accepts `taps`, through which `parl_core.features.layer_outputs`
+reads the same layers in another feature space (after batch norm, after the ReLU, or
+DVERGE's reference layers).
 
 Each model also knows how to compute PARL's layer gradients
     g_k(x) = ∇_x Σ_f F^k_f(x),  k = 1..K
@@ -157,11 +160,18 @@ class _Block(nn.Module):
             self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, 0, bias=False),
                                        BatchNorm2d(cout))
 
-    def forward(self, h, feats, trace: bool):
+    def forward(self, h, feats, trace: bool, taps=None):
         fa = self.conv_a(h)
-        u = F.relu(self.bn_a(fa))
+        ba = self.bn_a(fa)
+        u = F.relu(ba)
+        if taps is not None:
+            taps.add(fa, ba, u, ba)
         fb = self.conv_b(u)
-        out = F.relu(self.bn_b(fb) + (h if self.short is None else self.short(h)))
+        bb = self.bn_b(fb)
+        pre = bb + (h if self.short is None else self.short(h))
+        out = F.relu(pre)
+        if taps is not None:
+            taps.add(fb, bb, out, pre)
         feats += [fa, fb]
         return out, ((_on(u), _on(out)) if trace else None)
 
@@ -208,18 +218,21 @@ class ResNet20(_Normalized):
     def layer_modules(self):
         return [self.conv1] + [c for b in self.blocks for c in (b.conv_a, b.conv_b)]
 
-    def forward_trace(self, x, trace: bool = True):
+    def forward_trace(self, x, trace: bool = True, taps=None):
         """(logits, feats, trace); the trace (inputs and ReLU masks that
-        `layer_input_grads` needs) is only recorded when `trace` is true."""
+        `layer_input_grads` needs) is only recorded when `trace` is true. `taps`
+        (see parl_core.features) collects another feature space."""
         f1 = self.conv1((x - self.mean) / self.std)
         pre = self.bn1(f1)
         h = F.relu(pre)
+        if taps is not None:
+            taps.add(f1, pre, h, pre)
         feats = [f1]
         rec = {"x": x, "ins": [], "masks": [_on(h)]} if trace else None
         for b in self.blocks:
             if trace:
                 rec["ins"].append(h)
-            h, masks = b(h, feats, trace)
+            h, masks = b(h, feats, trace, taps)
             if trace:
                 rec["masks"].append(masks)
         logits = self.fc(h.mean((2, 3)))
@@ -278,7 +291,7 @@ class SmallCNN(_Normalized):
     def layer_modules(self):
         return list(self.convs)
 
-    def forward_trace(self, x, trace: bool = True):
+    def forward_trace(self, x, trace: bool = True, taps=None):
         h = (x - self.mean) / self.std
         feats, ins, masks = [], [], []
         for conv, bn in zip(self.convs, self.bns):
@@ -286,6 +299,8 @@ class SmallCNN(_Normalized):
             f = conv(h)
             pre = bn(f)
             h = F.relu(pre)
+            if taps is not None:
+                taps.add(f, pre, h, pre)
             feats.append(f)
             if trace:
                 masks.append(_on(h))
@@ -323,12 +338,14 @@ class MLP(_Normalized):
     def layer_modules(self):
         return list(self.linears)
 
-    def forward_trace(self, x, trace: bool = True):
+    def forward_trace(self, x, trace: bool = True, taps=None):
         h = (x - self.mean) / self.std
         feats, masks = [], []
         for lin in self.linears:
             f = lin(h)
             h = F.relu(f)
+            if taps is not None:
+                taps.add(f, f, h, f)
             feats.append(f)
             if trace:
                 masks.append(_on(h))

@@ -91,16 +91,22 @@ def evaluate_accuracy(ens: Ensemble, ds: Dataset, *, batch_size: int = 500, devi
     return correct_e / n, (correct_m / n).tolist()
 
 
-def mean_pairwise_r(ens: Ensemble, x: torch.Tensor, k: int | None = None):
+def mean_pairwise_r(ens: Ensemble, x: torch.Tensor, k: int | None = None, *,
+                    feature: str = "pre_bn"):
     """Mean pairwise R/K of an ensemble on inputs x, models in eval mode.
 
     Returns (mean over pairs i<j of R/K, (M, M) matrix of R/K). R/K is the mean over the
-    first K layers and the examples of the per-example layer-gradient cosine.
+    first K layers and the examples of the per-example layer-gradient cosine. `feature`
+    is PARL's definition of the layer outputs F^k (parl_core.layergrad): "pre_bn" (the
+    default, raw conv outputs; layer 1's gradient is then the same for every input, so
+    its cosine is a constant of the weights), "post_bn" or "post_relu". In eval mode
+    batch norm uses its running statistics, so every example's gradient is its own.
     """
     L = min(num_layers(m) for m in ens.members)
     k = min(7, L) if k is None else k
     with eval_mode(ens):
-        grads = torch.stack([layer_gradients(m, x, k) for m in ens.members])  # (M, K, N, ...)
+        grads = torch.stack([layer_gradients(m, x, k, feature=feature)
+                             for m in ens.members])  # (M, K, N, ...)
     r = pairwise_cosines(grads).mean((2, 3)).cpu()  # (M, M)
     m = len(ens.members)
     iu = torch.triu_indices(m, m, 1)
