@@ -54,16 +54,37 @@ def test_train_a_tiny_parl_ensemble(app_url, page):
     act(page, lambda: None, page.get_by_text("Finished: 2 epoch(s), saved as browser_parl.safetensors"),
         timeout=240_000)
     _no_exception(page)
-    # the new checkpoint is active in the sidebar and listed on Home
-    active = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"] input')
-    assert active.input_value().startswith("browser_parl")
+    # the new checkpoint is active in the sidebar and listed on Home. The fragment that
+    # shows "Finished" asks for a rerun of the whole app, which renders the sidebar a
+    # moment later (under load, after the page looked idle): wait for it, do not race it
+    page.wait_for_function("""() => { const i = document.querySelector(
+        '[data-testid="stSidebar"] [data-testid="stSelectbox"] input');
+        return i !== null && i.value.startsWith('browser_parl'); }""", timeout=60_000)
     assert "checkpoint=browser_parl" in page.evaluate("() => location.search")  # shareable
     click_sidebar_link(page, "Home", page.get_by_text("browser_parl"))
 
 
-@pytest.mark.skip(reason="fails in the full suite and after tests/test_app_train.py (the 200-epoch "
-                  "run never shows 'epoch 2/200' within 120 s) but passes alone; cause not found "
-                  "yet (2026-12-01 session note) — to be fixed, not forgotten")
+def _wait_for_epoch(page, epoch: int, epochs: int, stall_s: float = 120, limit_s: float = 480) -> None:
+    """Wait until the progress bar reads `epoch <epoch>/<epochs>`, as long as training
+    moves: fail when its text (which changes with every step) stays the same for
+    `stall_s`, or after `limit_s` in all, with what was seen (how far training got)."""
+    import time
+    bar = page.locator('[data-testid="stProgress"]')
+    want = f"epoch {epoch}/{epochs}"
+    seen, t0, last_change, last = [], time.monotonic(), time.monotonic(), None
+    while True:
+        text = bar.first.inner_text(timeout=30_000) if bar.count() else "(no progress bar)"
+        now = time.monotonic()
+        if want in text:
+            return
+        if text != last:
+            seen.append(f"{now - t0:5.0f}s {text}")
+            last, last_change = text, now
+        assert now - last_change < stall_s and now - t0 < limit_s, \
+            f"no '{want}' after {now - t0:.0f} s; progress seen:\n" + "\n".join(seen[-15:])
+        page.wait_for_timeout(1000)
+
+
 def test_leave_come_back_and_cancel_a_run(app_url, page):
     """A long run survives a visit to another page; Cancel stops it, keeps the finished
     epochs as a checkpoint, and the run does not start again."""
@@ -74,7 +95,7 @@ def test_leave_come_back_and_cancel_a_run(app_url, page):
     act(page, lambda: (name.fill("browser_cancel"), name.press("Enter")),
         page.get_by_text("Will be saved as browser_cancel.safetensors"))
     _click(page, "Start training", page.get_by_text("Run browser_cancel"))
-    page.get_by_text("epoch 2/200").wait_for(timeout=120_000)  # two epochs done
+    _wait_for_epoch(page, 3, 200)  # two epochs are done (and on disk)
     click_sidebar_link(page, "Home", _heading(page, "PARL Lab"))
     click_sidebar_link(page, "Train", page.get_by_text("Run browser_cancel"))
     page.get_by_role("button", name="Cancel").wait_for()
