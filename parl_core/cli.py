@@ -2,7 +2,8 @@
 
   train     train an ensemble (any method) and write a checkpoint after every epoch;
             Ctrl-C stops cleanly and keeps the last finished epoch; --resume continues
-            an interrupted run exactly.
+            an interrupted run exactly. DVERGE fine-tunes a trained ENS_U: --init CKPT
+            (or --scratch to start from random weights).
   info      a checkpoint's metadata, history summary and accuracy.
   evaluate  robustness of checkpoints under attack (parl_core.cli_evaluate).
   data      download CIFAR-10/100 into the data root (parl_core.download).
@@ -54,12 +55,27 @@ def _parse_value(text: str):
     return text
 
 
+# option -> (method parameter, methods it applies to); given only when set, so a run
+# without them records exactly the parameters it did before they existed
+_METHOD_OPTIONS = {"feature": ("feature", ("parl",)), "bn_grad": ("bn_grad", ("parl", "gal")),
+                   "dverge_features": ("feature_space", ("dverge",)),
+                   "plus_adv": ("plus_adv", ("dverge",))}
+
+
 def _method_params(args) -> dict:
     params = {}
     for name in ("gamma1", "gamma2", "layers"):
         v = getattr(args, name)
         if v is not None:
             params[name] = v
+    for opt, (key, methods) in _METHOD_OPTIONS.items():
+        v = getattr(args, opt, None)
+        if v is None or v is False:
+            continue
+        if args.method not in methods:
+            raise SystemExit(f"--{opt.replace('_', '-')} applies to --method "
+                             f"{' or '.join(methods)}, got --method {args.method}")
+        params[key] = v
     for item in args.param or []:
         if "=" not in item:
             raise SystemExit(f"--param expects KEY=VALUE, got {item!r}")
@@ -80,6 +96,18 @@ def _add_train(sub, common):
     p.add_argument("--gamma1", type=float, default=None, help="PARL: weight of the CE term")
     p.add_argument("--gamma2", type=float, default=None, help="PARL: weight of the pairwise term")
     p.add_argument("--layers", type=int, default=None, help="PARL: first K layers (default min(7, L))")
+    p.add_argument("--feature", default=None, choices=("pre_bn", "post_bn", "post_relu"),
+                   help="PARL: layer outputs F^k whose input-gradients R compares (default "
+                        "pre_bn: raw conv outputs, whose layer-1 gradient is the same for every input)")
+    p.add_argument("--bn-grad", default=None, choices=("per_example", "batch"),
+                   help="PARL, GAL: input-gradients with batch-norm statistics held constant "
+                        "(per_example, the default) or through the batch statistics (batch)")
+    p.add_argument("--dverge-features", default=None, choices=("pre_bn", "post_bn", "post_relu", "reference"),
+                   help="DVERGE: distillation layers (default pre_bn; reference: the DVERGE "
+                        "trainer's block outputs before ReLU, logits last)")
+    p.add_argument("--plus-adv", action="store_true",
+                   help="DVERGE+AdvT: each member also trains on PGD examples of itself "
+                        "(adv_eps, adv_step_size, adv_steps, dverge_coeff via --param)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="any other method parameter, e.g. --param alpha=2.0 (repeatable)")
     p.add_argument("--epochs", type=int, default=10)
@@ -95,7 +123,9 @@ def _add_train(sub, common):
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     p.add_argument("--no-augment", action="store_true", help="no crop/flip on CIFAR")
     p.add_argument("--init", default=None, metavar="CKPT",
-                   help="start from this checkpoint's weights (e.g. DVERGE's warm start)")
+                   help="start from this checkpoint's weights (DVERGE's warm start: a trained ENS_U)")
+    p.add_argument("--scratch", action="store_true",
+                   help="DVERGE: train from random weights instead of a trained ENS_U (--init)")
     p.add_argument("--out", default=None, help="checkpoint path (default checkpoints/<name>.safetensors)")
     p.add_argument("--force", action="store_true", help="overwrite an existing checkpoint")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run at --out")
@@ -118,10 +148,30 @@ def _run_settings(args, params) -> dict:
     return out
 
 
+def _check_warm_start(args) -> None:
+    """DVERGE fine-tunes a trained plain ensemble (its paper; the reference's default
+    --start-from baseline): without --init it is refused unless --scratch says so."""
+    scratch = getattr(args, "scratch", False)
+    if scratch and args.method != "dverge":
+        raise SystemExit(f"--scratch applies to --method dverge, got --method {args.method}")
+    if scratch and args.init:
+        raise SystemExit("--scratch and --init exclude each other: --init CKPT starts from "
+                         "CKPT's weights, --scratch from random ones")
+    if args.method == "dverge" and not args.init and not scratch:
+        ens_u = f"checkpoints/{args.dataset}_ce_only_s{args.seed}.safetensors"
+        raise SystemExit(
+            "--method dverge needs --init CKPT: DVERGE starts from a trained plain ensemble "
+            "(ENS_U), as in its paper and reference trainer. Train one first with the same "
+            f"dataset and --members, e.g.\n  python -m parl_core train --method ce_only "
+            f"--dataset {args.dataset} --members {args.members} --out {ens_u}\nthen add "
+            f"--init {ens_u}; or pass --scratch to train DVERGE from random weights.")
+
+
 def cmd_train(args) -> int:
-    params = _method_params(args)
     if args.method not in METHODS:
         raise SystemExit(f"unknown method {args.method!r}; expected one of {', '.join(sorted(METHODS))}")
+    params = _method_params(args)
+    _check_warm_start(args)
     args.arch = args.arch or DEFAULT_ARCH[args.dataset]
     name = f"{args.dataset}_{args.method}_s{args.seed}"
     out = Path(args.out) if args.out else Path("checkpoints") / f"{name}.safetensors"

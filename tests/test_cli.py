@@ -66,3 +66,40 @@ def test_ctrl_c_keeps_last_epoch_and_resume_finishes(tmp_path):
     assert rc.returncode == 0, rc.stderr
     meta = pc.read_metadata(out)
     assert meta["epochs_done"] == 8 and [r["epoch"] for r in meta["history"]] == list(range(1, 9))
+
+
+def test_dverge_without_warm_start_is_refused(tmp_path):
+    out = tmp_path / "dv.safetensors"
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--method", "dverge", "--members", "2", "--out", str(out)])
+    msg = str(e.value)
+    for part in ("--method dverge needs --init CKPT", "trained plain ensemble (ENS_U)",
+                 "python -m parl_core train --method ce_only --dataset digits --members 2",
+                 "--init checkpoints/digits_ce_only_s0.safetensors", "--scratch"):
+        assert part in msg
+    assert not out.exists()
+    with pytest.raises(SystemExit, match="--scratch and --init exclude each other"):
+        main(["train", "--method", "dverge", "--scratch", "--init", "x.safetensors", "--out", str(out)])
+    with pytest.raises(SystemExit, match="--scratch applies to --method dverge, got --method parl"):
+        main(["train", "--method", "parl", "--scratch", "--out", str(out)])
+    with pytest.raises(SystemExit, match="--dverge-features applies to --method dverge, got --method gal"):
+        main(["train", "--method", "gal", "--dverge-features", "reference", "--out", str(out)])
+    with pytest.raises(SystemExit, match="--feature applies to --method parl, got --method dverge"):
+        main(["train", "--method", "dverge", "--scratch", "--feature", "post_bn", "--out", str(out)])
+
+
+@pytest.mark.parametrize("method,extra,expected", [
+    ("dverge", ["--scratch", "--dverge-features", "reference", "--plus-adv", "--param", "steps=1",
+                "--param", "adv_steps=1"],
+     {"feature_space": "reference", "plus_adv": True, "adv_steps": 1, "steps": 1}),
+    ("parl", ["--feature", "post_relu", "--bn-grad", "batch", "--layers", "2"],
+     {"feature": "post_relu", "bn_grad": "batch", "layers": 2}),
+])
+def test_method_options_reach_the_checkpoint(tmp_path, method, extra, expected):
+    out = tmp_path / f"{method}.safetensors"
+    rc = main(["train", "--method", method, "--members", "2", "--epochs", "1", "--train-subset", "64",
+               "--eval-size", "50", "--width", "3", "--out", str(out), "--quiet", *extra])
+    assert rc == 0
+    params = pc.read_metadata(out)["params"]
+    assert {k: params[k] for k in expected} == expected
+    assert pc.make_method(method, **params).params == params
