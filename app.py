@@ -17,10 +17,12 @@ config.configure_torch()
 HERE = Path(__file__).parent
 PAGES = [
     ("pages/home.py", "Home", ":material/home:"),
+    ("pages/lesson.py", "Lesson", ":material/school:"),
     ("pages/train.py", "Train", ":material/model_training:"),
     ("pages/gradients.py", "Gradients", ":material/gradient:"),
     ("pages/diversity.py", "Diversity", ":material/grid_on:"),
     ("pages/robustness.py", "Robustness", ":material/shield:"),
+    ("pages/reproduction.py", "Reproduction", ":material/fact_check:"),
     ("pages/checkpoints.py", "Checkpoints", ":material/inventory_2:"),
     ("pages/playground.py", "Playground", ":material/scatter_plot:"),  # when it exists
 ]

@@ -186,6 +186,19 @@ def fmt_bool(v) -> str:
     return "1" if v else "0"
 
 
+def parse_int_in(lo: int, hi: int):
+    """A parser of whole numbers from lo to hi (ValueError otherwise), e.g. a lesson's step."""
+    if not isinstance(lo, int) or not isinstance(hi, int) or lo > hi:
+        raise ValueError(f"lo and hi must be ints with lo <= hi, got {lo!r} and {hi!r}")
+
+    def parse(text) -> int:
+        v = int(str(text).strip())
+        if not lo <= v <= hi:
+            raise ValueError(f"expected a whole number from {lo} to {hi}, got {v}")
+        return v
+    return parse
+
+
 def parse_optional(parse):
     """A parser that also reads '' / 'none' as None."""
     return lambda text: None if str(text).strip().lower() in ("", "none") else parse(text)
