@@ -179,11 +179,16 @@ def cmd_train(args) -> int:
         out = out.with_name(sanitize_name(out.name) + ".safetensors")
     resume_file = _resume_path(out)
     settings = _run_settings(args, params)
+    from .resume_state import ResumeStateError, load_resume_state, save_resume_state
+    from .runlock import RunLock, RunLockedError
     resume = None
     if args.resume:
         if not resume_file.is_file():
             raise SystemExit(f"--resume: no resume state {resume_file} (was the run started with --out {out}?)")
-        saved = torch.load(resume_file, weights_only=True)  # tensors and plain types only
+        try:  # tensors and plain types only; a truncated or foreign file gets a message
+            saved = load_resume_state(resume_file)
+        except ResumeStateError as e:
+            raise SystemExit(f"--resume: {e}") from None
         if saved["settings"] != settings:
             diff = {k: (saved["settings"].get(k), v) for k, v in settings.items()
                     if saved["settings"].get(k) != v}
@@ -192,6 +197,11 @@ def cmd_train(args) -> int:
     elif out.exists() and not args.force:
         raise SystemExit(f"{out} exists: pass --force to overwrite, --resume to continue it, "
                          "or choose another --out")
+    lock = RunLock(out, owner="python -m parl_core train")  # one live run per --out
+    try:
+        lock.acquire()
+    except RunLockedError as e:
+        raise SystemExit(f"--out: {e}") from None
     train_ds = load_dataset(args.dataset, "train", args.data_root)
     test_ds = load_dataset(args.dataset, "test", args.data_root)
     if args.train_subset:
@@ -220,7 +230,7 @@ def cmd_train(args) -> int:
         if ev["event"] == "epoch":  # save every finished epoch: nothing finished is ever lost
             save_checkpoint(out, ens, training_meta(train_ds, ev["state"]["history"],
                                                     params=params_used, **meta_kw))
-            torch.save({"settings": settings, "state": ev["state"]}, resume_file)
+            save_resume_state(resume_file, settings, ev["state"])  # atomic: temp file, fsync, rename
 
     from .losses import make_method
     params_used = dict(make_method(args.method, **params).params)
@@ -239,8 +249,10 @@ def cmd_train(args) -> int:
     if hist.cancelled:
         print(f"interrupted after {len(hist)} finished epoch(s); {out} holds epoch {len(hist)}. "
               f"Continue with the same command and --resume.", file=sys.stderr)
+        lock.release()
         return 130
     resume_file.unlink(missing_ok=True)
+    lock.release()
     last = hist[-1]
     print(f"saved {out}: {method_label(args.method)} ensemble test accuracy "
           f"{last.get('test_acc', float('nan')):.4f}, mean pairwise R/K {last['r_mean']:.4f} "
