@@ -21,22 +21,16 @@ import numpy as np
 import pandas as pd
 
 from .paper_numbers import PAPER_TABLE2, PAPER_TABLE2_NOTE, deviations, paper_value
+from .report_figures import METHOD_ORDER, label, report_figures
 
-__all__ = ["write_report", "collect", "table", "verdicts", "plan_text", "label", "ALPHA"]
+__all__ = ["write_report", "collect", "table", "wide_table", "verdicts", "plan_text", "label", "ALPHA"]
 
 ALPHA = 0.05
-METHOD_ORDER = ("ce_only", "adp", "gal", "dverge", "parl")
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 CLAIMS = ("(1) PARL's black-box accuracy is above every baseline's at large ε",
           "(2) PARL's clean accuracy is within ~2 points of ENS_U's",
           "(3) PARL's early-layer CKA is lower than ENS_U's",
           "(4) PARL's white-box gain over ENS_U is small",
           "(5) fewer regularised layers (smaller K) give higher clean accuracy")
-
-
-def label(role: str) -> str:
-    from .losses import method_label
-    return f"PARL/{role[6:]}" if role.startswith("parl/K") else method_label(role)
 
 
 # --------------------------------------------------------------------------- collecting
@@ -111,7 +105,9 @@ def _fmt(r) -> str:
     return f"{r['mean']:.1f}{sd} [{r['ci_low']:.1f}, {r['ci_high']:.1f}]"
 
 
-def _wide(long: pd.DataFrame, row_key: str) -> pd.DataFrame:
+def wide_table(long: pd.DataFrame, row_key: str = "label") -> pd.DataFrame:
+    """One row per dataset and `row_key` (Table 1/2 as printed): every column's
+    "mean ± std [95 % interval]" beside the paper's number; `long` as table1.csv."""
     out = []
     for (ds, key), g in long.groupby(["dataset", row_key], sort=False):
         row = {"dataset": ds, row_key: key, "seeds": int(g.seeds.max())}
@@ -214,45 +210,6 @@ def verdicts(got, plan) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- figures
-def _figures(got, plan) -> list:
-    import plotly.graph_objects as go
-    from .plots import accuracy_vs_eps_figure
-    figs, cfg = [], plan.config
-    for ds in cfg["datasets"]:
-        per255 = ds.startswith("cifar")
-        methods = _roles(got, "bb", ds, lambda r: r in METHOD_ORDER)
-        ks = _roles(got, "bb", ds, lambda r: r.startswith("parl/K"))
-        fig = go.Figure()
-        for n, role in enumerate(_roles(got, "cka", ds, lambda r: r in ("ce_only", "parl")) + ks):
-            diags = np.array([p["diagonal"] for (d, _), by in sorted(got["cka"].items()) if d == ds
-                              and role in by for p in by[role]["pairs"]])
-            if role == "parl" and f"parl/K{cfg['parl']['layers']}" in ks:
-                continue  # the same ensembles as PARL/K
-            x, m, s = np.arange(1, diags.shape[1] + 1), diags.mean(0), diags.std(0)
-            color = PALETTE[n % len(PALETTE)]
-            fig.add_trace(go.Scatter(x=np.r_[x, x[::-1]], y=np.r_[m + s, (m - s)[::-1]], fill="toself",
-                                     fillcolor=color, opacity=0.15, line={"width": 0}, showlegend=False,
-                                     hoverinfo="skip"))
-            fig.add_trace(go.Scatter(x=x, y=m, mode="lines+markers", line={"color": color},
-                                     name=f"{label(role)} {{{m.mean():.3f}}}"))
-        fig.update_layout(title=f"{ds}: same-layer linear CKA, mean over member pairs and seeds "
-                                f"(band ± std; overall average in braces)",
-                          xaxis_title="layer", yaxis_title="linear CKA", yaxis_range=[0, 1.02], height=420,
-                          xaxis_dtick=1)
-        figs.append((f"{ds}: CKA per layer (Figures 2 and 6)", fig))
-        white = _roles(got, "wb", ds, lambda r: r in METHOD_ORDER)
-        for mode, roles, what in (("bb", methods, "black-box (Figure 3)"),
-                                  ("bb", ks, "black-box, K ablation (Figure 5)"),
-                                  ("wb", white, "white-box (Figure 4)")):
-            tables = {label(r): [res.table[res.table.attack != "worst-case"]
-                                 for res in _by_role(got, mode, ds, r)] for r in roles}
-            if tables:
-                figs.append((f"{ds}: {what}", accuracy_vs_eps_figure(
-                    tables, attacks=list(cfg["attacks"]), title=f"{ds}: accuracy vs ε, {what}",
-                    per255=per255)))
-    return figs
-
-
 def _curves(got) -> pd.DataFrame:
     rows = []
     for mode in ("bb", "wb"):
@@ -378,8 +335,9 @@ def write_report(plan, out, records: dict, *, command=None) -> Path:
                ["clean", *cfg["attacks"]],
                lambda ds, r, c, e: PAPER_TABLE2.get(ds, {}).get(int(r[6:])) if c == "clean" else None)
     vs = verdicts(got, plan)
-    csvs = {"table1.csv": t1, "table2.csv": t2, "accuracy_vs_eps.csv": _curves(got),
-            "cka_layers.csv": _cka_rows(got), "sanity_checks.csv": _sanity(plan, records),
+    curves, cka = _curves(got), _cka_rows(got)
+    csvs = {"table1.csv": t1, "table2.csv": t2, "accuracy_vs_eps.csv": curves,
+            "cka_layers.csv": cka, "sanity_checks.csv": _sanity(plan, records),
             "units.csv": _units(plan, records),
             "verdicts.csv": pd.DataFrame([{**v, "numbers": " | ".join(v["numbers"])} for v in vs])}
     for name, df in csvs.items():
@@ -394,10 +352,10 @@ def write_report(plan, out, records: dict, *, command=None) -> Path:
     B += [("h2", f"Table 1: clean and black-box accuracy (%) at ε = {eps:g}"),
           ("p", "Ours: mean ± std over seeds [95 % Wilson interval of the counts pooled over seeds]; "
                 "paper: Table 1 (ε = 0.07, mean of three runs). Long form with every seed in table1.csv."),
-          ("table", _wide(t1, "label") if len(t1) else t1),
+          ("table", wide_table(t1, "label") if len(t1) else t1),
           ("h2", "Table 2: PARL/K ablation, clean and black-box accuracy (%)"), ("p", PAPER_TABLE2_NOTE),
-          ("table", _wide(t2, "label") if len(t2) else t2), ("h2", "Figures")]
-    B += [("fig", f) for f in _figures(got, plan)]
+          ("table", wide_table(t2, "label") if len(t2) else t2), ("h2", "Figures")]
+    B += [("fig", f) for f in report_figures(curves, cka)]
     B += [("p", "Figure data: accuracy_vs_eps.csv (every evaluation row) and cka_layers.csv.")]
     B += [("h2", "Protocol: differences from the paper and choices"), ("ul", deviations(cfg)),
           ("h2", "Settings"),

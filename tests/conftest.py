@@ -199,3 +199,15 @@ def data():
     ds = pc.load_dataset("digits", "test").subset(200, seed=0)
     return ds.images, ds.labels
 
+
+
+# --------------------------------------------------------------------------- reproduction
+@pytest.fixture(scope="session")
+def smoke_reproduction(tmp_path_factory):
+    """One full smoke reproduction (about a minute), shared by the tests that read it:
+    (report folder, report.md path, progress events). Tests must not modify it."""
+    import parl_core.reproduce as rp
+    out = tmp_path_factory.mktemp("smoke")
+    events = []
+    report = rp.reproduce(rp.make_plan("smoke"), out, on_event=events.append)
+    return out, report, events

@@ -36,13 +36,9 @@ def _numbers(folder):
     return {f: (folder / f).read_text() for f in NUMBERS}
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """One full smoke reproduction (seconds), shared by the tests that read it."""
-    out = tmp_path_factory.mktemp("smoke")
-    events = []
-    report = rp.reproduce(rp.make_plan("smoke"), out, on_event=events.append)
-    return out, report, events
+@pytest.fixture
+def smoke(smoke_reproduction):
+    return smoke_reproduction
 
 
 def test_smoke_end_to_end(smoke):
@@ -184,7 +180,7 @@ def test_table_shows_the_papers_numbers(smoke):
     got = report.collect(plan, records)
     t = report.table(got, plan, lambda ds: ["ce_only", "parl"], ["clean", "pgd"],
                      lambda ds, r, c, e: paper_value("cifar10", r, c, 0.07))  # as if on CIFAR-10
-    wide = report._wide(t, "label")
+    wide = report.wide_table(t, "label")
     assert list(wide["PGD (paper)"]) == ["1.57", "15.65"]
     assert list(wide["clean (paper)"]) == ["93.11", "91.09"]
 
