@@ -22,6 +22,7 @@ PAGES = [
     ("pages/gradients.py", "Gradients", ":material/gradient:"),
     ("pages/diversity.py", "Diversity", ":material/grid_on:"),
     ("pages/robustness.py", "Robustness", ":material/shield:"),
+    ("pages/reproduction.py", "Reproduction", ":material/fact_check:"),
     ("pages/checkpoints.py", "Checkpoints", ":material/inventory_2:"),
     ("pages/playground.py", "Playground", ":material/scatter_plot:"),  # when it exists
 ]
