@@ -12,6 +12,8 @@ from .losses import parl_loss, make_method, METHODS, method_label  # noqa: E402
 from .train import train, build_ensemble, evaluate_accuracy, mean_pairwise_r, default_device  # noqa: E402
 from .checkpoints import save_checkpoint, load_checkpoint, read_metadata, file_hash  # noqa: E402
 from .baselines import adp_loss, gal_loss, dverge_distill  # noqa: E402
+from .dverge import member_pgd  # noqa: E402
+from .features import layer_outputs, FEATURE_SPACES  # noqa: E402
 from .gradients import input_gradients, gradient_cosines, cosine_to_angle, cosine_distribution, embed_directions  # noqa: E402
 from .cka import linear_cka, unbiased_cka, minibatch_cka, layerwise_cka, ensemble_cka  # noqa: E402
 from .attacks import ALL_ATTACKS, EXTRA_ATTACKS  # noqa: E402
