@@ -18,6 +18,19 @@ from parl_core.plots.gradient_rows import gradient_rows_figure
 from . import cache, compute, findings, ui
 
 
+def show_narrow(fig, caption: str, *, key: str, prov: dict | None = None, title: str | None = None) -> None:
+    """`ui.show_figure` for a figure in a narrow column (side by side): the same chart, caption,
+    HTML download and provenance, the button on its own line (in show_figure's quarter-width
+    column it is cut off when two figures share a 1024-pixel-wide screen)."""
+    name = ui._slug(title or key)
+    ui.chart(fig, key=f"fig_{key}", config={"toImageButtonOptions": {"format": "png", "filename": name, "scale": 2}})
+    st.caption(caption)
+    st.download_button("HTML", data=lambda: fig.to_html(include_plotlyjs=True, full_html=True),
+                       file_name=f"{name}.html", mime="text/html", key=f"dl_{key}", on_click="ignore",
+                       icon=":material/download:", help=ui._PNG_NOTE)
+    ui._provenance_block(prov, key)
+
+
 def ckpt_label(name: str) -> str:
     """'ENS_U (cifar10_ens_u)'."""
     return f"{pc.method_label(cache.metadata(cache.checkpoints()[name])['method'])} ({name})"
@@ -80,7 +93,7 @@ def gradient_rows(rows: list[str], res: dict, test, *, layer: int | None, key: s
     for name in rows:
         opts = members_of(name)
         label = pc.method_label(method_of(name)) if len(rows) == len({method_of(r) for r in rows}) else name
-        fig_rows[label] = (res["grads"][[idx[o] for o in opts]], [f"member {int(o.rsplit(':', 1)[1]) + 1}"
+        fig_rows[label] = (res["grads"][[idx[o] for o in opts]], [f"M{int(o.rsplit(':', 1)[1]) + 1}"
                                                                   for o in opts])
     if test.is_image:
         fig = gradient_rows_figure(res["x"], fig_rows, input_label=f"input: {test.classes[res['y']]}",
@@ -173,8 +186,10 @@ def cka_heatmaps(results: dict, p, k: int, estimator: str, *, key: str, prov=Non
                           margin={"t": 80, "l": 10, "r": 10, "b": 10})
         if len(m) > 8:  # a number per cell does not fit at 14 px: the values are in the hover
             fig.update_traces(texttemplate=None, text=None)
+        else:  # plotly shrinks cell text to fit unless told its size
+            fig.update_traces(textfont={"size": ui.MIN_FONT_PX})
         with col:
-            ui.show_figure(fig, f"{ckpt_label(nm)}: layer-by-layer CKA of {what}.", key=f"{key}_{nm}",
+            show_narrow(fig, f"{ckpt_label(nm)}: layer-by-layer CKA of {what}.", key=f"{key}_{nm}",
                            prov=prov, title=f"cka_{nm}_{p}")
     st.caption(findings.cka_heatmap_caption({ckpt_label(nm): pair_matrix(results[nm], p) for nm in names},
                                             {ckpt_label(nm): method_of(nm) for nm in names}, k, what)

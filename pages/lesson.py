@@ -15,7 +15,7 @@ state.through_app()
 
 K = state.KEEP
 STEP = f"{K}ls_step"
-st.title("Lesson: why diverse ensembles resist transfer attacks")
+st.title("Lesson")
 c = lesson.cast()
 if c is None:
     st.info("The lesson needs an ENS_U and a PARL checkpoint of the same dataset: train them on the "
@@ -30,7 +30,8 @@ state.default(STEP, 1)
 state.default(f"{K}ls_ex", 0)
 E, P = lesson.label(c.ens_u), lesson.label(c.parl)
 M = lesson.members(c)
-st.caption(f"On {E} and {P}, {M} members each, {compute.data_caption(c.dataset, None)}. "
+st.caption(f"Why diverse ensembles resist transfer attacks, in five steps, on {E} and {P} ({M} members each; "
+           f"{compute.data_caption(c.dataset, None)}). "
            + "; ".join(findings.scale_note(n, cache.metadata(paths[n])) for n in c.pair) + ".")
 
 
@@ -62,7 +63,7 @@ def missing_button(what: str, kind: str, key: str) -> dict:
 
 # ------------------------------------------------------------------- 1 train
 def train_step() -> None:
-    st.header("1 · Train: two ensembles, one regularised")
+    st.subheader("1 · Train: two ensembles, one regularised")
     look_for(f"PARL's R/K (right) falling towards its floor −1/(M−1) = {-1 / (M - 1):+.2f} while ENS_U's "
              "stays near 0, at about the same test accuracy (left).")
     hist = lesson.histories(c)
@@ -76,10 +77,10 @@ def train_step() -> None:
             fig.update_layout(title={"text": pp.TRAINING_METRICS.get(metric, metric)},
                               legend={"orientation": "h", "y": -0.3}, margin={"t": 50})
             with col:
-                ui.show_figure(fig, "Test accuracy of the vote after each epoch." if metric == "test_acc" else
-                               "Mean pairwise R/K after each epoch: the members' layer-gradient cosine.",
-                               key=f"ls_hist_{metric}", title=f"lesson_{metric}",
-                               prov=ui.provenance([paths[n] for n in c.pair], {"metric": metric}))
+                views.show_narrow(fig, "Test accuracy of the vote after each epoch." if metric == "test_acc" else
+                                  "Mean pairwise R/K after each epoch: the members' layer-gradient cosine.",
+                                  key=f"ls_hist_{metric}", title=f"lesson_{metric}",
+                                  prov=ui.provenance([paths[n] for n in c.pair], {"metric": metric}))
     else:
         st.info("These checkpoints carry no per-epoch history; the numbers below are their final ones.")
     acc = lesson.clean_acc(c)
@@ -93,13 +94,14 @@ def train_step() -> None:
 
 # ------------------------------------------------------------------- 2 gradients
 def gradients_step() -> None:
-    st.header("2 · Compare gradients: one example, every member")
+    st.subheader("2 · Compare gradients: one example, every member")
     look_for("within ENS_U's row the maps look alike (its members would be fooled by the same change); "
              "within PARL's row they should differ.")
-    ex = st.number_input(f"Test example (0–{len(test) - 1})", 0, len(test) - 1, key=f"{K}ls_ex")
+    cols = st.columns([1, 2], vertical_alignment="bottom")
+    ex = cols[0].number_input(f"Test example (0–{len(test) - 1})", 0, len(test) - 1, key=f"{K}ls_ex")
     opts = [o for n in c.pair for o in views.members_of(n)]
     res = views.example_gradients(opts, c.dataset, int(ex), None)
-    st.markdown(f"**Test example #{int(ex)}**, true class **{test.classes[res['y']]}**.")
+    cols[1].markdown(f"**Test example #{int(ex)}**, true class **{test.classes[res['y']]}**.")
     views.gradient_rows(c.pair, res, test, layer=None, key="ls_maps",
                         prov=ui.provenance([paths[n] for n in c.pair], {"example": int(ex), "gradient": "loss"}))
     have = missing_button("gradient-cosine distribution", "cosdist", "ls_cos_go")
@@ -110,7 +112,7 @@ def gradients_step() -> None:
 
 # ------------------------------------------------------------------- 3 CKA
 def cka_step() -> dict:
-    st.header("3 · Compare CKA: do the members compute differently?")
+    st.subheader("3 · Compare CKA: do members compute differently?")
     have = missing_button("layer-wise CKA", "cka", "ls_cka_go")
     if any(v is None for v in have.values()):
         return have
@@ -125,7 +127,7 @@ def cka_step() -> dict:
 
 # ------------------------------------------------------------------- 4 attack
 def attack_step() -> None:
-    st.header("4 · Attack: transfer from a surrogate")
+    st.subheader("4 · Attack: transfer from a surrogate")
     if c.surrogate is None:
         st.info("A black-box attack needs a third checkpoint of this dataset as the attacker's surrogate.")
         return
@@ -156,7 +158,7 @@ def attack_step() -> None:
 
 # ------------------------------------------------------------------- 5 explain
 def explain_step() -> None:
-    st.header("5 · Explain: does each link of the argument hold here?")
+    st.subheader("5 · Explain: which links hold here?")
     look_for("which of the four links hold on these checkpoints; the paper's argument needs all four.")
     links = lesson.links(c, lesson.stored(c, "cosdist"), lesson.stored(c, "cka"), lesson.evaluations(c))
     df = pd.DataFrame([{"step": lk.step, "the paper expects": lk.expects, "ENS_U": lk.ens_u, "PARL": lk.parl,

@@ -39,7 +39,7 @@ def test_two_rows_of_members_on_one_colour_scale(app_env):
     assert at.selectbox(key="k_gr_row2").value == "digits_parl"
     fig = _rows_figure(at)
     titles = [a["text"] for a in fig["layout"]["annotations"]]
-    assert [f"{m} · member {i}" for m in ("ENS_U", "PARL") for i in (1, 2, 3)] == titles[1:]
+    assert [f"{m} · M{i}" for m in ("ENS_U", "PARL") for i in (1, 2, 3)] == titles[1:]
     maps = [t for t in fig["data"] if t["type"] == "heatmap" and t.get("colorscale") != "gray"
             and "·" in t.get("name", "")]
     assert len(maps) == 6
@@ -68,7 +68,7 @@ def test_one_row_when_the_second_is_none(app_env):
     at.selectbox(key="k_gr_row2").set_value("(none)")
     rerun(at)
     titles = [a["text"] for a in _rows_figure(at)["layout"]["annotations"]]
-    assert titles[1:] == ["ENS_U · member 1", "ENS_U · member 2", "ENS_U · member 3"]
+    assert titles[1:] == ["ENS_U · M1", "ENS_U · M2", "ENS_U · M3"]
 
 
 def test_example_index_changes_the_view_and_the_url(app_env):

@@ -25,7 +25,7 @@ def _md(at, start: str) -> str:
 
 
 def _header(at) -> str:
-    return at.header[0].value
+    return at.subheader[0].value
 
 
 @pytest.fixture(scope="module")
