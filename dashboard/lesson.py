@@ -145,7 +145,7 @@ class Link:
     ens_u: float | None
     parl: float | None
     holds: bool | None  # None: not computed yet
-    unit: str = ""
+    short: str = ""     # the quantity, with the direction PARL should move it
 
 
 def links(c: Cast, cos: dict, cka: dict, evals: dict) -> list[Link]:
@@ -154,24 +154,24 @@ def links(c: Cast, cos: dict, cka: dict, evals: dict) -> list[Link]:
     rk = final_rk(c)
     e, p = label(c.ens_u), label(c.parl)
     out = [Link("1 Train", "PARL's R/K lower (layer gradients apart)", rk[e], rk[p],
-                None if None in (rk[e], rk[p]) else findings.lower(rk[p], rk[e]))]
+                None if None in (rk[e], rk[p]) else findings.lower(rk[p], rk[e]), "R/K ↓")]
     med = {n: None if v is None else float(np.median(v["all"])) for n, v in cos.items()}
     out.append(Link("2 Gradients", "PARL's loss-gradient cosine lower", med[c.ens_u], med[c.parl],
-                    None if None in med.values() else findings.lower(med[c.parl], med[c.ens_u])))
+                    None if None in med.values() else findings.lower(med[c.parl], med[c.ens_u]), "cosine ↓"))
     if None in cka.values():
         ck = {n: None for n in c.pair}
     else:
         k = cka_k(c, cka)
         ck = {n: findings.first_k_cka(v, k) for n, v in cka.items()}
     out.append(Link("3 CKA", "PARL's early-layer CKA lower", ck[c.ens_u], ck[c.parl],
-                    None if None in ck.values() else findings.lower(ck[c.parl], ck[c.ens_u])))
+                    None if None in ck.values() else findings.lower(ck[c.parl], ck[c.ens_u]), "CKA ↓"))
     if None in evals.values():
-        out.append(Link("4 Attack", "PARL more accurate under transferred PGD", None, None, None, "%"))
+        out.append(Link("4 Attack", "PARL more accurate under transferred PGD", None, None, None, "accuracy ↑"))
     else:
         text = attack_finding(c, evals)
         acc = {n: _mean_attack_acc(evals[n].table) for n in c.pair}
         out.append(Link("4 Attack", "PARL more accurate under transferred PGD", acc[c.ens_u], acc[c.parl],
-                        findings.robustness_verdict(text) == "better", "%"))
+                        findings.robustness_verdict(text) == "better", "accuracy ↑"))
     return out
 
 

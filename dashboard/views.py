@@ -188,6 +188,7 @@ def cka_heatmaps(results: dict, p, k: int, estimator: str, *, key: str, prov=Non
             fig.update_traces(texttemplate=None, text=None)
         else:  # plotly shrinks cell text to fit unless told its size
             fig.update_traces(textfont={"size": ui.MIN_FONT_PX})
+        _sparse_ticks(fig, len(m))
         with col:
             show_narrow(fig, f"{ckpt_label(nm)}: layer-by-layer CKA of {what}.", key=f"{key}_{nm}",
                            prov=prov, title=f"cka_{nm}_{p}")
@@ -201,3 +202,24 @@ def regularised_k(names, results: dict) -> int:
     most the layers every result has."""
     k = parl_layers(names) or 7
     return min([k] + [len(p["diagonal"]) for r in results.values() for p in r["pairs"].values()])
+
+
+def _sparse_ticks(fig, n_layers: int) -> None:
+    """Every layer labelled up to 10 layers, every other one beyond (14-px labels overlap)."""
+    if n_layers > 10:
+        fig.update_xaxes(dtick=2, tickangle=0)
+        fig.update_yaxes(dtick=2)
+
+
+def compact_curves(fig, results: dict, estimator: str):
+    """The CKA curves figure for a narrow screen: its subtitle one line per ensemble (one
+    long line is cut off at 1024 px), the legend below the plot, sparser layer ticks."""
+    lines = [f"{lab}: mean {r['overall']:.3f}" for lab, r in results.items()]
+    fig.update_layout(title={"text": "Layer-wise linear CKA per member pair<br><sup>" + "<br>".join(lines)
+                                     + f"<br>{ESTIMATOR_TEXT.get(estimator, estimator)}</sup>"},
+                      legend={"orientation": "h", "y": -0.22, "x": 0, "yanchor": "top"},
+                      margin={"t": 70 + 22 * (len(lines) + 1)}, height=520 + 22 * len(results))
+    n = max(len(p["diagonal"]) for r in results.values() for p in r["pairs"].values())
+    if n > 10:
+        fig.update_xaxes(dtick=2)
+    return fig

@@ -85,7 +85,8 @@ st.markdown(findings.cka_finding({label[x]: have[x] for x in shown}, {label[x]: 
 st.caption("Scale: " + "; ".join(findings.scale_note(x, meta[x]) for x in shown) + ".")
 
 # ------------------------------------------------------------------- the diagonals
-ui.show_figure(pp.cka_curves_figure({label[x]: have[x] for x in shown}),
+ui.show_figure(views.compact_curves(pp.cka_curves_figure({label[x]: have[x] for x in shown}),
+                                    {label[x]: have[x] for x in shown}, estimator),
                "Same-layer CKA of every member pair, layer by layer; the legend gives each pair's "
                "average over layers. Lower curves = members that compute more differently "
                f"(the paper's Figure 2 has PARL's below ENS_U's in the first {k} layers it regularises; "

@@ -156,25 +156,22 @@ else:
     at = [res["options"].index(o) for o in picked]
     cos = np.asarray(res["cos"])[np.ix_(at, at)]
     names = [res["labels"][o] for o in picked]
-    c = st.columns(2)
-    with c[0]:
-        fig = pp.angle_matrix_figure(cos, names, title=f"Angles between {words['short']}")
-        fig.update_traces(texttemplate="%{z:.0f}°", textfont={"size": ui.MIN_FONT_PX})  # cosines: hover
-        views.show_narrow(fig, "Angle between every pair of gradients: 0° = same direction (an attack "
-                          "transfers), 90° = unrelated, 180° = opposite.", key="gr_angles", prov=prov,
-                          title="angles")
-    with c[1]:
-        if len(names) >= 2:
-            state.default(f"{K}gr_webgl", False)
-            webgl = st.session_state[f"{K}gr_webgl"]
-            views.show_narrow(pp.directions_3d_figure(cos, names, webgl=webgl),
-                              "The gradient directions as arrows in 3-D, arcs labelled with the true angles ("
-                              + ("drag to rotate" if webgl else "the slider turns the view; faint arrows point "
-                                 "away from you") + "). Diverse members spread apart.", key="gr_3d", prov=prov,
-                              title="directions")
-            st.toggle("Free rotation (WebGL)", key=f"{K}gr_webgl",
-                      help="A plotly 3-D scene you can drag in any direction. Slow without a GPU: drawing it "
-                           "takes ~0.5 s in a browser without graphics acceleration, the default ~0.03 s.")
+    # one under the other: side by side, each is ~270 px wide on a 1024-pixel projector
+    fig = pp.angle_matrix_figure(cos, names, title=f"Angles between {words['short']}")
+    fig.update_traces(texttemplate="%{z:.0f}°", textfont={"size": ui.MIN_FONT_PX})  # cosines: hover
+    ui.show_figure(fig, "Angle between every pair of gradients: 0° = same direction (an attack transfers), "
+                   "90° = unrelated, 180° = opposite.", key="gr_angles", prov=prov, title="angles")
+    if len(names) >= 2:
+        state.default(f"{K}gr_webgl", False)
+        webgl = st.session_state[f"{K}gr_webgl"]
+        ui.show_figure(pp.directions_3d_figure(cos, names, webgl=webgl),
+                       "The gradient directions as arrows in 3-D, arcs labelled with the true angles ("
+                       + ("drag to rotate" if webgl else "the slider turns the view; faint arrows point "
+                          "away from you") + "). Diverse members spread apart.", key="gr_3d", prov=prov,
+                       title="directions")
+        st.toggle("Free rotation (WebGL)", key=f"{K}gr_webgl",
+                  help="A plotly 3-D scene you can drag in any direction. Slow without a GPU: drawing it "
+                       "takes ~0.5 s in a browser without graphics acceleration, the default ~0.03 s.")
     groups, methods = {}, {}
     for k, o in enumerate(picked):
         g = o.rsplit(":", 1)[0]

@@ -4,10 +4,13 @@ active dataset's ENS_U and PARL). Each step: its figure, one sentence of what to
 for, and the numbers computed from the checkpoints, saying so when the expected effect
 is absent. The step is in the link (?step=3)."""
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
+from plotly.subplots import make_subplots
 
 import parl_core as pc
 import parl_core.plots as pp
+from parl_core.plots.analysis import PALETTE
 
 from dashboard import cache, compute, findings, lesson, robust, state, ui, views
 
@@ -35,7 +38,7 @@ st.caption(f"Why diverse ensembles resist transfer attacks, in five steps, on {E
            + "; ".join(findings.scale_note(n, cache.metadata(paths[n])) for n in c.pair) + ".")
 
 
-def go(step: int) -> None:
+def goto_step(step: int) -> None:
     st.session_state[STEP] = step
 
 
@@ -163,15 +166,19 @@ def explain_step() -> None:
     links = lesson.links(c, lesson.stored(c, "cosdist"), lesson.stored(c, "cka"), lesson.evaluations(c))
     df = pd.DataFrame([{"step": lk.step, "the paper expects": lk.expects, "ENS_U": lk.ens_u, "PARL": lk.parl,
                         "here": {True: "holds", False: "absent", None: "not computed"}[lk.holds]} for lk in links])
-    done = df.dropna(subset=["ENS_U", "PARL"])
-    if len(done):
-        long = done.melt(id_vars=["step"], value_vars=["ENS_U", "PARL"], var_name="ensemble")
-        fig = pp.checkpoint_comparison_figure(long.pivot(index="ensemble", columns="step", values="value")
-                                              .reset_index(), metrics=list(done.step), label="ensemble",
-                                              height=340)
+    done = [lk for lk in links if lk.holds is not None]
+    if done:
+        fig = make_subplots(rows=1, cols=len(done), horizontal_spacing=0.09, subplot_titles=[
+            f"{lk.short}<br>{'holds' if lk.holds else 'absent'}" for lk in done])
+        for i, lk in enumerate(done, start=1):
+            fig.add_trace(go.Bar(x=["ENS_U", "PARL"], y=[lk.ens_u, lk.parl], marker_color=list(PALETTE[:2]),
+                                 text=[f"{lk.ens_u:.2f}", f"{lk.parl:.2f}"], textposition="outside",
+                                 cliponaxis=False, showlegend=False, name=lk.step), 1, i)
+        fig.update_layout(height=360, margin={"t": 80, "b": 30, "l": 10, "r": 10})
         ui.show_figure(fig, "ENS_U and PARL on each measured link: R/K at the end of training, the median "
                        "loss-gradient cosine, the mean early-layer CKA (lower is more diverse for these "
-                       "three) and the mean accuracy over ε under the transferred attack (higher is more robust).",
+                       "three) and the mean accuracy over ε under the transferred attack (higher is more "
+                       "robust); above each panel, whether the expected effect is there.",
                        key="ls_summary", title="lesson_summary")
     ui.show_table(df, "Each link, its two numbers and whether the expected effect is there.", key="ls_links",
                   title="lesson_links", hide_index=True,
@@ -197,9 +204,9 @@ def explain_step() -> None:
 
 c1, _, c2 = st.columns([1, 3, 1])
 c1.button("Previous", key="ls_prev", icon=":material/arrow_back:", disabled=step == 1,
-          on_click=go, args=(step - 1,), width="stretch")
+          on_click=goto_step, args=(step - 1,), width="stretch")
 c2.button("Next", key="ls_next", icon=":material/arrow_forward:", disabled=step == len(lesson.STEPS),
-          on_click=go, args=(step + 1,), width="stretch")
+          on_click=goto_step, args=(step + 1,), width="stretch")
 
 with st.expander("Glossary"):
     eps = pc.default_eps_grid(c.dataset)

@@ -2,6 +2,8 @@
 paint at once from the shipped results, their numbers equal to those results, the step in
 the link, and captions that say so when the expected effect is absent (a run fed with a
 reversed effect)."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -90,6 +92,11 @@ def test_explain_step_lists_each_link_with_its_verdict(app_env):
     n_hold = int((table["here"] == "holds").sum())
     text = _md(at, "links hold on these checkpoints**")
     assert f"**{n_hold} of 4 links hold on these checkpoints**" in text
+    fig = next(f for f in (json.loads(c.proto.spec) for c in at.get("plotly_chart"))
+               if "R/K ↓" in str(f["layout"].get("annotations")))
+    assert [a["text"] for a in fig["layout"]["annotations"]] == [
+        f"{q}<br>{h}" for q, h in zip(["R/K ↓", "cosine ↓", "CKA ↓", "accuracy ↑"], table.here)]
+    assert all(tr["x"] == ["ENS_U", "PARL"] for tr in fig["data"])
     absent = list(table.step[table.here == "absent"])
     assert (f"; absent: {', '.join(absent)}." in text) if absent else "absent" not in text
     glossary = _md(at, "**ε (epsilon)**")

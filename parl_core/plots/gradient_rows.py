@@ -1,6 +1,6 @@
 """Figure 1 for two ensembles at once: one example's input gradient in every member of
 each ensemble, one row per ensemble, all maps on ONE colour scale so that their
-strengths compare across rows (the input image spans the rows on the left).
+strengths compare across rows (the input image at the left of the first row).
 
 Arrays in, go.Figure out; nothing here computes gradients.
 """
@@ -59,11 +59,10 @@ def gradient_rows_figure(x_image, rows: dict, *, mode: str = "signed", clip_perc
     n_rows, n_cols = len(rows), 1 + max(len(g) for g, _ in rows.values())
     specs, titles = [], []
     for i, (lab, (g, names)) in enumerate(rows.items()):
-        first = ({"rowspan": n_rows} if i == 0 else None)
-        specs.append([first] + [{} if j < len(g) else None for j in range(n_cols - 1)])
+        specs.append([{} if i == 0 else None] + [{} if j < len(g) else None for j in range(n_cols - 1)])
         titles += ([str(input_label)] if i == 0 else []) + [f"{lab} · {n}" for n in names]
     fig = make_subplots(n_rows, n_cols, specs=specs, subplot_titles=titles, horizontal_spacing=0.02,
-                        vertical_spacing=0.1, column_widths=[1.0] * n_cols)
+                        vertical_spacing=0.12 if n_rows > 1 else 0.0)
     fig.add_trace(image_trace(x_image), 1, 1)
     last = (n_rows, 1 + len(next(reversed(maps.values()))))
     for i, (lab, m) in enumerate(maps.items()):
@@ -81,12 +80,12 @@ def gradient_rows_figure(x_image, rows: dict, *, mode: str = "signed", clip_perc
             if (c == 1 and i > 0) or (c > 1 and c - 2 >= len(g)):
                 continue
             x_ref = fig.get_subplot(i + 1, c).xaxis.plotly_name.replace("axis", "")
-            fig.update_yaxes(scaleanchor=x_ref, constrain="domain", autorange="reversed",
-                             showticklabels=False, row=i + 1, col=c)
-            fig.update_xaxes(constrain="domain", showticklabels=False, row=i + 1, col=c)
+            bare = {"showticklabels": False, "ticks": "", "showgrid": False, "zeroline": False}
+            fig.update_yaxes(scaleanchor=x_ref, constrain="domain", autorange="reversed", row=i + 1, col=c, **bare)
+            fig.update_xaxes(constrain="domain", row=i + 1, col=c, **bare)
     how = "summed over channels" if signed else "L2 norm over channels"
     fig.update_layout(title={"text": f"{title}<br><sup>one colour scale for every map: "
                                       f"{'±' if signed else '0–'}{r:.2g} ({clip_percentile:g}th percentile "
                                       f"of |value|); {how}</sup>"},
-                      height=120 + 200 * n_rows, margin={"t": 110, "b": 10, "l": 10, "r": 10})
+                      height=130 + 170 * n_rows, margin={"t": 110, "b": 10, "l": 10, "r": 10})
     return fig
