@@ -206,6 +206,9 @@ def _check_normalisation(m, cfg: dict, where: str) -> None:
 
 
 def list_checkpoints(folder="checkpoints") -> list[Path]:
-    """The .safetensors files in a folder, sorted by name (missing folder: empty list)."""
+    """The .safetensors files in a folder, sorted by name (missing folder: empty list).
+    Dotfiles are left out: `.tmp-*` files of a write in progress (or of one killed midway)
+    and other hidden files are never checkpoints."""
     folder = Path(folder)
-    return sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    return sorted(p for p in folder.glob("*.safetensors") if not p.name.startswith(".")) \
+        if folder.is_dir() else []

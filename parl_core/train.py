@@ -152,6 +152,7 @@ def train(ens: Ensemble, train_ds: Dataset, test_ds: Dataset | None = None, *, m
     if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
         raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
     loss_fn = make_method(method, **method_params)
+    feature = loss_fn.params.get("feature", "pre_bn")
     device = torch.device(device) if device is not None else default_device()
     ens.to(device)
     augment = train_ds.name.startswith("cifar") if augment is None else augment
@@ -228,6 +229,9 @@ def train(ens: Ensemble, train_ds: Dataset, test_ds: Dataset | None = None, *, m
             rec["test_acc"], rec["member_acc"] = evaluate_accuracy(ens, test, device=device)
         rec["r_mean"], rec["r_pairwise"] = mean_pairwise_r(ens, probe, k_eval)
         rec["k_eval"] = k_eval
+        if feature != "pre_bn":  # R also under the definition the loss used (r_mean stays comparable)
+            rec["r_feature"], rec["r_feature_mean"] = feature, mean_pairwise_r(ens, probe, k_eval,
+                                                                               feature=feature)[0]
         rec["time"] = time.perf_counter() - t0
         history.append(rec)
         snapshot = _snapshot(ens, opt, history)

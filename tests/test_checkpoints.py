@@ -104,6 +104,7 @@ def test_names_and_listing(tmp_path, ens):
         sanitize_name("../..")
     pc.save_checkpoint(tmp_path / "b.safetensors", ens)
     pc.save_checkpoint(tmp_path / "a.safetensors", ens)
+    (tmp_path / ".tmp-123-c.safetensors").write_bytes(b"partial")  # a write in progress
     assert [p.name for p in list_checkpoints(tmp_path)] == ["a.safetensors", "b.safetensors"]
     assert list_checkpoints(tmp_path / "nope") == []
     assert len(pc.file_hash(tmp_path / "a.safetensors")) == 64

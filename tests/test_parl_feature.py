@@ -268,3 +268,10 @@ def test_train_with_post_relu_parl():
     hist = pc.train(ens, train, None, method="parl", epochs=1, batch_size=32, seed=0,
                     feature="post_relu", layers=2, probe_size=16)
     assert hist.method_params["feature"] == "post_relu" and torch.isfinite(torch.tensor(hist[0]["loss"]))
+    # R in the history: under the pre-BN definition (comparable across runs) and under the loss's
+    rec = hist[0]
+    assert rec["r_feature"] == "post_relu"
+    probe = train.subset(16, seed=0).images
+    assert rec["r_feature_mean"] == pytest.approx(pc.mean_pairwise_r(ens, probe, rec["k_eval"],
+                                                                     feature="post_relu")[0], abs=1e-5)
+    assert rec["r_feature_mean"] != pytest.approx(rec["r_mean"], abs=1e-4)
