@@ -3,14 +3,57 @@
 DEFAULTS are the settings a page opens with per dataset. CIFAR-10's equal those of the
 black-box results shipped beside the CIFAR checkpoints (checkpoints/.cache), so the page
 shows them at once: change one and the cache key changes with it.
+
+On a read-only server (PARL_READONLY) evaluations read the cache beside the checkpoints
+but never write it: what a visitor computes is kept in this server's memory instead
+(`lookup`, bounded by MEMORY_ENTRIES), so it is shown but leaves no file behind.
 """
 from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
 
 import streamlit as st
 
 import parl_core as pc
 
-from . import compute
+from . import cache, compute, config
+
+MEMORY_ENTRIES = 64
+_memory: OrderedDict = OrderedDict()
+_memory_lock = threading.Lock()
+
+
+def _memory_key(path, kw: dict) -> str:
+    return json.dumps([cache.checkpoint_hash(path), str(path),
+                       {k: v for k, v in kw.items() if k != "surrogate"},
+                       cache.checkpoint_hash(kw["surrogate"]) if kw.get("surrogate") else None],
+                      sort_keys=True, default=str)
+
+
+def lookup(path, kw: dict):
+    """The evaluation of checkpoint `path` with `pc.evaluate_checkpoints` keywords `kw`:
+    from the cache on disk, else (read-only server) from memory; None when not computed."""
+    res = pc.cached_evaluation(str(path), **kw)
+    if res is None and config.readonly():
+        with _memory_lock:
+            res = _memory.get(_memory_key(path, kw))
+    return res
+
+
+def evaluate(paths: list, kw: dict, **more) -> list:
+    """`pc.evaluate_checkpoints(paths, **kw)`, writing the cache only where the server may."""
+    if not config.readonly():
+        return pc.evaluate_checkpoints([str(p) for p in paths], **kw, **more)
+    out = pc.evaluate_checkpoints([str(p) for p in paths], **kw, cache="read", **more)
+    with _memory_lock:
+        for p, r in zip(paths, out):
+            if not r.cancelled:
+                _memory[_memory_key(p, kw)] = r
+        while len(_memory) > MEMORY_ENTRIES:
+            _memory.popitem(last=False)
+    return out
 
 DEFAULTS = {
     "cifar10": {"attacks": list(pc.ATTACKS), "steps": 20, "restarts": 1, "n": 1000},
@@ -93,7 +136,7 @@ def run(paths: dict, missing: list, kw: dict) -> bool:
             bar.progress(min(1.0, frac), f"{', '.join(group)}: {(ev.get('attack') or '').upper()} "
                          + (f"· about {duration(eta)} left" if eta else ""))
         try:
-            pc.evaluate_checkpoints([str(paths[t]) for t in group], on_progress=tick, **kw)
+            evaluate([paths[t] for t in group], kw, on_progress=tick)
         except (ValueError, RuntimeError) as e:
             ui.show_error(f"The evaluation of {', '.join(group)} failed", e, "Check the settings above.")
             return False

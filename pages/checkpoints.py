@@ -101,7 +101,7 @@ def comparison(chosen: list[str], ds: str) -> None:
     rows, todo = [], []
     for n in chosen:
         m = cache.metadata(paths[n])
-        ev = pc.cached_evaluation(str(paths[n]), **ekw)
+        ev = robust.lookup(paths[n], ekw)
         ck = compute.stored(cka_key[n])
         if ev is None or ck is None:
             todo.append(n)
@@ -116,7 +116,7 @@ def comparison(chosen: list[str], ds: str) -> None:
             bar.progress(i / len(todo), f"{n}…")
             if compute.stored(cka_key[n]) is None:
                 compute.store(cka_key[n], compute.ensemble_cka(cka_key[n][1], ds, n_cka, 128, "minibatch"))
-        pc.evaluate_checkpoints([str(paths[n]) for n in todo], **ekw)  # a surrogate crafts once
+        robust.evaluate([paths[n] for n in todo], ekw)  # a surrogate crafts once
         st.rerun()
     table = pd.DataFrame(rows)
     ui.show_table(table, f"Clean accuracy and mean R/K come from training; average CKA and robust "

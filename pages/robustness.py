@@ -91,7 +91,7 @@ targets = [active.stem, *compare]
 kw = dict(n_examples=int(n), seed=0, attacks=list(attacks), eps=eps, steps=int(steps),
           restarts=int(restarts), surrogate=str(paths[surrogate]) if surrogate else None)
 
-results = {t: pc.cached_evaluation(str(paths[t]), **kw) for t in targets}
+results = {t: robust.lookup(paths[t], kw) for t in targets}
 missing = [t for t, r in results.items() if r is None]
 if missing:
     st.markdown(robust.estimate({t: compute.ref(paths[t]) for t in missing},

@@ -91,11 +91,14 @@ def evaluate_checkpoints(paths, *, surrogate=None, n_examples=1000, seed=0, atta
 
     Black-box (a surrogate checkpoint path): the examples are crafted on the surrogate
     once and scored on every target that is not cached yet. White-box: each target
-    attacks itself. Settings as in `evaluate_checkpoint`.
+    attacks itself. Settings as in `evaluate_checkpoint`. cache: True (use and write the
+    cache), "read" (use it, never write: a read-only server) or False (neither).
     """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if not paths:
         raise ValueError("paths: give at least one checkpoint")
+    if cache not in (True, False, "read"):
+        raise ValueError(f"cache must be True, False or 'read', got {cache!r}")
     args = (surrogate, n_examples, seed, attacks, eps, steps, step_size, restarts, decay,
             early_stop, loss, batch_size, data_root, restart_select)
     resolved = [_resolve(p, *args) for p in paths]
@@ -126,7 +129,7 @@ def evaluate_checkpoints(paths, *, surrogate=None, n_examples=1000, seed=0, atta
                            "indices": test.info.get("indices")})
         if test.info.get("note"):
             r.warnings.append(test.info["note"])
-        if cache and not r.cancelled:
+        if cache is True and not r.cancelled:
             try:
                 _write_atomic(file, r.to_json())
             except OSError as e:  # a read-only folder: the result is still good, only not kept

@@ -1,7 +1,7 @@
 """Robustness page through AppTest: nothing heavy runs on first render; a tiny evaluation
 draws the curve, the Table-1 row, the checks, and is cached for the next visit."""
 from conftest import open_page, rerun
-from test_app_cifar_folders import shared_checkpoints  # noqa: F401  digits-only folder
+from test_app_cifar_folders import private_checkpoints, shared_checkpoints  # noqa: F401  digits-only folders
 
 PAGE = "pages/robustness.py"
 
@@ -53,3 +53,18 @@ def test_white_box_and_eps_choice(app_env):
 def test_bad_eps_grid_is_an_error_with_advice(app_env):
     at = _small(open_page(PAGE), eps="0.1, lots")
     assert any("cannot be read" in e.value and "separated by commas" in e.value for e in at.error)
+
+
+def test_read_only_server_shows_results_but_writes_no_cache(private_checkpoints, monkeypatch):
+    from dashboard import robust
+    monkeypatch.setenv("PARL_READONLY", "1")
+    monkeypatch.setattr(robust, "_memory", type(robust._memory)())
+    before = set((private_checkpoints / ".cache").glob("*")) if (private_checkpoints / ".cache").exists() else set()
+    at = _small(open_page(PAGE), eps="0.15")
+    at.button(key="rb_go").click()
+    rerun(at)
+    assert len(at.get("plotly_chart")) >= 2 and at.dataframe[0].value.shape[0] >= 1
+    after = set((private_checkpoints / ".cache").glob("*")) if (private_checkpoints / ".cache").exists() else set()
+    assert after == before  # shown from this server's memory, nothing written
+    fresh = _small(open_page(PAGE), eps="0.15")  # another visit: from memory, no Run button
+    assert not any(b.key == "rb_go" for b in fresh.button)

@@ -193,6 +193,13 @@ def test_evaluate_checkpoint_caches(ckpts, monkeypatch):
     pd.testing.assert_frame_equal(pc.evaluate_checkpoint(target, **kw).table, res.table)
     assert pc.cached_evaluation(target, **{**kw, "steps": 3}) is None  # every setting is in the key
     assert pc.cached_evaluation(target, **{**kw, "surrogate": None}) is None
+    # cache="read" (a read-only server): uses the cache, computes what is missing, writes nothing
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(pc.evaluate_checkpoint(target, **kw, cache="read").table, res.table)
+    fresh = pc.evaluate_checkpoint(target, **{**kw, "steps": 3}, cache="read")
+    assert fresh.settings["steps"] == 3 and len(list((ckpts / ".cache").glob("*.json"))) == 1
+    with pytest.raises(ValueError, match="cache must be True, False or 'read'"):
+        pc.evaluate_checkpoint(target, **kw, cache="write")
 
 
 def test_evaluate_checkpoint_default_grid_and_validation(ckpts):
