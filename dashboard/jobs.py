@@ -49,6 +49,7 @@ from parl_core.runlock import RunLock, RunLockedError, lock_holder
 from parl_core.train import training_meta
 
 from . import config
+from . import warm_start as warm
 
 ACTIVE = ("starting", "running")
 MAX_SUFFIX = 1000  # <name>_2 ... <name>_1000 are tried before giving up
@@ -73,6 +74,7 @@ class TrainSettings:
     name: str = "digits_parl_s0"
     overwrite: bool = False
     resume: bool = False  # continue the partial checkpoint `name` from its resume state
+    init: str | None = None  # warm start: a checkpoint of the folder (DVERGE starts from a trained ENS_U)
 
     def command(self, folder: Path) -> str:
         """The equivalent `python -m parl_core train` command."""
@@ -84,6 +86,10 @@ class TrainSettings:
         for k, v in self.params.items():
             if v is not None:
                 a += ["--param", f"{k}={v}"]
+        if self.init:
+            a += ["--init", str(folder / f"{self.init}.safetensors")]
+        elif self.method == "dverge":
+            a.append("--scratch")  # the CLI refuses DVERGE without a warm start unless told
         a += ["--out", str(folder / f"{self.name}.safetensors")]
         if self.overwrite:
             a.append("--force")
@@ -226,6 +232,8 @@ def start_job(settings: TrainSettings) -> Job:
     _check_allowed(settings)
     settings.name = sanitize_name(settings.name)
     pc.make_method(settings.method, **settings.params)  # bad parameters fail here, not in the thread
+    if settings.init is not None:
+        warm.check_init(settings, checkpoint_path(settings.init))
     with _LOCK:
         running = sum(j.active for j in _JOBS.values())
         if running >= config.max_jobs():
@@ -327,6 +335,8 @@ def _run(job: Job, resume: dict | None) -> None:
         if s.train_subset:
             train_ds = train_ds.subset(s.train_subset, seed=s.seed)
         ens = pc.build_ensemble(s.arch, s.members, train_ds, seed=s.seed)
+        if s.init and resume is None:
+            warm.warm_start(ens, s, checkpoint_path(s.init))
         params_used = dict(pc.make_method(s.method, **s.params).params)
         if params_used.get("layers", 0) is None:  # the K train() records
             params_used["layers"] = min(7, min(m.num_layers for m in ens.members))
@@ -337,7 +347,7 @@ def _run(job: Job, resume: dict | None) -> None:
             meta = training_meta(train_ds, history, method=s.method, params=params_used, seed=s.seed,
                                  epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, schedule="cosine",
                                  train_subset=s.train_subset, command=s.command(path.parent),
-                                 source="dashboard")
+                                 source="dashboard", init=s.init)
             meta["cancelled"] = cancelled
             return meta
 

@@ -13,7 +13,7 @@ from parl_core.cli import DEFAULT_ARCH
 from parl_core.data import TOY_2D
 from parl_core.download import SOURCES, download_cifar
 
-from dashboard import cache, config, jobs, methods, state, train_estimate, ui
+from dashboard import cache, config, jobs, methods, state, train_estimate, ui, warm_start
 
 state.through_app()
 
@@ -135,6 +135,9 @@ def settings_form() -> tuple[jobs.TrainSettings | None, bool]:
         offer_download(ds)
     in_ch = 3 if ds.startswith("cifar") else (2 if ds in TOY_2D else 1)
     params = methods.param_widgets(method, _n_layers(arch, in_ch))
+    init = warm_start_widget(method, ds, arch, int(members))
+    if init is False:
+        return None, available
     c = st.columns(5)
     epochs = c[0].number_input("Epochs", 1, 300, key=f"{K}tr_epochs")
     batch = c[1].number_input("Batch size", 2, 1024, key=f"{K}tr_batch")
@@ -160,7 +163,34 @@ def settings_form() -> tuple[jobs.TrainSettings | None, bool]:
     return jobs.TrainSettings(dataset=ds, arch=arch, members=int(members), method=method, params=params,
                               epochs=int(epochs), batch_size=int(batch), lr=float(lr),
                               train_subset=int(subset) or None, seed=int(seed), name=name,
-                              overwrite=bool(overwrite and path.exists())), available
+                              overwrite=bool(overwrite and path.exists()), init=init), available
+
+
+SCRATCH = "(from scratch)"
+
+
+def warm_start_widget(method: str, ds: str, arch: str, members: int):
+    """DVERGE's warm start: the ENS_U checkpoint it starts from (its reference and the paper
+    start from a trained plain ensemble), None from scratch, False when nothing can start."""
+    if method != "dverge":
+        return None
+    options = warm_start.choices(config.checkpoint_dir(), ds, arch, members)
+    if not options:
+        st.warning(f"DVERGE starts from a trained plain ensemble (ENS_U) in its reference and the paper, "
+                   f"and there is no finished ENS_U here for {ds}, {arch}, {members} members. Train one "
+                   "first (method ENS_U, same settings), or start from scratch (not the paper's protocol).",
+                   icon=":material/info:")
+        if not st.checkbox("Start DVERGE from scratch anyway", key="tr_dv_scratch"):
+            return False
+        return None
+    state.default_choice(f"{K}tr_init", [*options, SCRATCH], options[0])
+    pick = st.selectbox("Warm start from (ENS_U)", [*options, SCRATCH], key=f"{K}tr_init",
+                        help="DVERGE distils from a trained plain ensemble of the same dataset, "
+                             "architecture and size, as its reference trainer and the paper do.")
+    if pick == SCRATCH:
+        st.caption("From scratch: not the paper's protocol (it warm-starts from ENS_U).")
+        return None
+    return pick
 
 
 def estimate(s: jobs.TrainSettings) -> None:

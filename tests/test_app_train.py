@@ -207,3 +207,41 @@ def test_an_interrupted_run_is_offered_for_resume(private_checkpoints, monkeypat
     assert not any(h.value == "Unfinished runs" for h in at.subheader)
     import parl_core as pc
     assert pc.read_metadata(private_checkpoints / "tiny_halfway.safetensors")["epochs_done"] == 3
+
+
+def test_dverge_warm_starts_from_an_ens_u_as_its_reference_does(private_checkpoints):
+    import parl_core as pc
+    at = open_page(PAGE)
+    at.selectbox(key="k_tr_method").set_value("dverge")
+    rerun(at)
+    box = at.selectbox(key="k_tr_init")
+    assert box.value == "digits_ens_u" and "(from scratch)" in box.options  # the shipped ENS_U, 3 members
+    assert "digits_parl" not in box.options  # only plain ensembles
+    assert "--init" in at.code[0].value and "digits_ens_u.safetensors" in at.code[0].value
+    for k, v in (("k_tr_epochs", 1), ("k_tr_subset", 64), ("k_tr_batch", 32)):
+        at.number_input(key=k).set_value(v)
+    at.text_input(key="k_tr_name").input("tiny_dverge")
+    rerun(at)
+    at.button(key="tr_start").click()
+    rerun(at)
+    job = jobs.get_job(at.session_state["train_job"])
+    job_thread_join(job, timeout=300)
+    assert job.status == "finished", job.error
+    meta = pc.read_metadata(private_checkpoints / "tiny_dverge.safetensors")
+    assert meta["init"] == "digits_ens_u" and "--init" in meta["command"]
+    # two members: no ENS_U fits, so DVERGE waits for a choice (scratch or train one first)
+    at.slider(key="k_tr_members").set_value(2)
+    rerun(at)
+    assert any("no finished ENS_U here" in w.value for w in at.warning)
+    assert not any(b.key == "tr_start" for b in at.button)
+    at.checkbox(key="tr_dv_scratch").check()
+    rerun(at)
+    assert "--scratch" in at.code[0].value and any(b.key == "tr_start" for b in at.button)
+
+
+def test_a_warm_start_that_does_not_fit_is_refused_before_training(private_checkpoints):
+    s = jobs.TrainSettings(method="dverge", members=2, init="digits_ens_u", name="x", epochs=1)
+    with pytest.raises(ValueError, match="members 3 \\(this run: 2\\)"):
+        jobs.start_job(s)
+    with pytest.raises(ValueError, match="not in the checkpoint folder"):
+        jobs.start_job(jobs.TrainSettings(method="dverge", init="nope", name="y", epochs=1))
