@@ -137,18 +137,22 @@ def _provenance_block(prov: dict | None, key: str) -> None:
     lazy_expander("Provenance", f"prov_{key}", fill)
 
 
+def _tools_row():
+    """A figure's or table's download button and provenance on one line, each as wide as its
+    content (fixed-width columns cut the button off in a narrow, side-by-side column)."""
+    return st.container(horizontal=True, vertical_alignment="top", gap="small")
+
+
 def show_figure(fig, caption: str, *, key: str, prov: dict | None = None, title: str | None = None,
                 height: int | None = None) -> None:
     """A plotly figure, its caption, its provenance (expander) and an HTML download."""
     name = _slug(title or key)
     chart(fig, key=f"fig_{key}", config={"toImageButtonOptions": {"format": "png", "filename": name, "scale": 2}})
     st.caption(caption)
-    cols = st.columns([1, 3])
-    with cols[0]:
+    with _tools_row():
         st.download_button("HTML", data=lambda: fig.to_html(include_plotlyjs=True, full_html=True),
                            file_name=f"{name}.html", mime="text/html", key=f"dl_{key}",
                            on_click="ignore", icon=":material/download:", help=_PNG_NOTE)
-    with cols[1]:
         _provenance_block(prov, key)
 
 
@@ -157,12 +161,10 @@ def show_table(df, caption: str, *, key: str, prov: dict | None = None, title: s
     """A dataframe, its caption, a CSV download and its provenance."""
     st.dataframe(df, key=f"tbl_{key}", **kwargs)
     st.caption(caption)
-    cols = st.columns([1, 3])
-    with cols[0]:
+    with _tools_row():
         st.download_button("CSV", data=lambda: df.to_csv(index=False), file_name=f"{_slug(title or key)}.csv",
                            mime="text/csv", key=f"dl_{key}", on_click="ignore",
                            icon=":material/download:")
-    with cols[1]:
         _provenance_block(prov, key)
 
 

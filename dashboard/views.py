@@ -18,19 +18,6 @@ from parl_core.plots.gradient_rows import gradient_rows_figure
 from . import cache, compute, findings, ui
 
 
-def show_narrow(fig, caption: str, *, key: str, prov: dict | None = None, title: str | None = None) -> None:
-    """`ui.show_figure` for a figure in a narrow column (side by side): the same chart, caption,
-    HTML download and provenance, the button on its own line (in show_figure's quarter-width
-    column it is cut off when two figures share a 1024-pixel-wide screen)."""
-    name = ui._slug(title or key)
-    ui.chart(fig, key=f"fig_{key}", config={"toImageButtonOptions": {"format": "png", "filename": name, "scale": 2}})
-    st.caption(caption)
-    st.download_button("HTML", data=lambda: fig.to_html(include_plotlyjs=True, full_html=True),
-                       file_name=f"{name}.html", mime="text/html", key=f"dl_{key}", on_click="ignore",
-                       icon=":material/download:", help=ui._PNG_NOTE)
-    ui._provenance_block(prov, key)
-
-
 def ckpt_label(name: str) -> str:
     """'ENS_U (cifar10_ens_u)'."""
     return f"{pc.method_label(cache.metadata(cache.checkpoints()[name])['method'])} ({name})"
@@ -190,7 +177,7 @@ def cka_heatmaps(results: dict, p, k: int, estimator: str, *, key: str, prov=Non
             fig.update_traces(textfont={"size": ui.MIN_FONT_PX})
         _sparse_ticks(fig, len(m))
         with col:
-            show_narrow(fig, f"{ckpt_label(nm)}: layer-by-layer CKA of {what}.", key=f"{key}_{nm}",
+            ui.show_figure(fig, f"{ckpt_label(nm)}: layer-by-layer CKA of {what}.", key=f"{key}_{nm}",
                            prov=prov, title=f"cka_{nm}_{p}")
     st.caption(findings.cka_heatmap_caption({ckpt_label(nm): pair_matrix(results[nm], p) for nm in names},
                                             {ckpt_label(nm): method_of(nm) for nm in names}, k, what)

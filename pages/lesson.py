@@ -80,7 +80,7 @@ def train_step() -> None:
             fig.update_layout(title={"text": pp.TRAINING_METRICS.get(metric, metric)},
                               legend={"orientation": "h", "y": -0.3}, margin={"t": 50})
             with col:
-                views.show_narrow(fig, "Test accuracy of the vote after each epoch." if metric == "test_acc" else
+                ui.show_figure(fig, "Test accuracy of the vote after each epoch." if metric == "test_acc" else
                                   "Mean pairwise R/K after each epoch: the members' layer-gradient cosine.",
                                   key=f"ls_hist_{metric}", title=f"lesson_{metric}",
                                   prov=ui.provenance([paths[n] for n in c.pair], {"metric": metric}))

@@ -53,7 +53,7 @@ eps_text = c[1].text_input("ε grid (pixel units, comma-separated)", key=f"{K}rb
                                 "(2.55/255 … 17.85/255).")
 mode = c[2].radio("Adversary", ["black-box (surrogate)", "white-box"], key=f"{K}rb_mode",
                   help="Black-box: the attacker trains its own model and transfers its examples.")
-c = st.columns(5)
+c = st.columns([3, 2, 2, 2, 2], vertical_alignment="bottom")
 sur_opts = [n for n in same if n != active.stem]
 sur_default = next((n for n in sur_opts if "surrogate" in n), sur_opts[0] if sur_opts else None)
 surrogate = None
@@ -69,8 +69,9 @@ n = c[1].number_input("Examples", 10, n_test, key=key("n"), step=50,
 steps = c[2].number_input("Steps", 1, 500, key=key("steps"),
                           help="Paper: 50. On a CPU 10 is a good start (a few seconds on digits).")
 restarts = c[3].number_input("PGD restarts", 1, 20, key=key("restarts"))
-c[4].button("Paper defaults", on_click=paper_defaults,
-            help="All four attacks, 50 steps, 10 PGD restarts, 1000 examples, as in the paper (slow on a CPU).")
+c[4].button("Paper", on_click=paper_defaults, icon=":material/restart_alt:", width="stretch",
+            help="The paper's defaults: all four attacks, 50 steps, 10 PGD restarts, 1000 examples "
+                 "(slow on a CPU).")
 try:
     eps = sorted({float(e) for e in eps_text.replace(";", ",").split(",") if e.strip()})
     if not eps or min(eps) < 0:

@@ -197,7 +197,7 @@ def test_work_and_time_estimate_and_paper_defaults(cifar_env, tiny_defaults):
     rerun(at)
     est = next(m.value for m in at.markdown if m.value.startswith("Not computed yet"))
     assert "1,040 attack steps (crafted on each ensemble itself" in est
-    next(b for b in at.button if b.label == "Paper defaults").click()
+    next(b for b in at.button if b.label == "Paper").click()
     rerun(at)
     assert at.multiselect(key="k_rb_attacks_cifar10").value == list(pc.ATTACKS)
     assert at.number_input(key="k_rb_steps_cifar10").value == 50
