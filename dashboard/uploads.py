@@ -9,6 +9,8 @@ from pathlib import Path
 
 import parl_core as pc
 from parl_core.checkpoints import CheckpointError, sanitize_name
+from parl_core.resume_state import resume_path
+from parl_core.runlock import RunLock
 
 from . import config
 
@@ -52,7 +54,10 @@ def save_upload(data: bytes, name: str, *, overwrite: bool = False, folder: Path
         pc.read_metadata(tmp)    # header: refuses pickles, truncation, foreign safetensors
         pc.load_checkpoint(tmp)  # weights: every member must rebuild and load strictly
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        with RunLock(path, owner="an upload"):  # a training run reserving or writing the name wins
+            if path.exists() and not overwrite:
+                raise FileExistsError(f"a checkpoint named {path.stem!r} already exists")
+            os.replace(tmp, path)
     except CheckpointError as e:  # say which upload, not which temporary file
         raise CheckpointError(str(e).replace(tmp, "the uploaded file")) from None
     finally:
@@ -63,10 +68,16 @@ def save_upload(data: bytes, name: str, *, overwrite: bool = False, folder: Path
 def rename(path: Path, new_name: str) -> Path:
     if config.readonly():
         raise PermissionError("renaming is off in classroom (read-only) mode")
-    new = target_path(new_name, Path(path).parent)
-    if new.exists():
-        raise FileExistsError(f"a checkpoint named {new.stem!r} already exists")
-    os.replace(path, new)
+    path = Path(path)
+    new = target_path(new_name, path.parent)
+    if new == path:
+        raise FileExistsError(f"the checkpoint is already named {new.stem!r}")
+    with RunLock(path, owner="a rename"), RunLock(new, owner="a rename"):  # no run writes either name
+        if new.exists():
+            raise FileExistsError(f"a checkpoint named {new.stem!r} already exists")
+        os.replace(path, new)
+        if resume_path(path).exists():  # a partial run's resume state follows its checkpoint
+            os.replace(resume_path(path), resume_path(new))
     return new
 
 
@@ -77,4 +88,6 @@ def delete(path: Path) -> None:
     path = Path(path).resolve()
     if path.parent != folder or path.suffix != ".safetensors":
         raise ValueError(f"{path} is not a checkpoint in {folder}")
-    path.unlink()
+    with RunLock(path, owner="a delete"):  # never under a run that is writing it
+        path.unlink()
+        resume_path(path).unlink(missing_ok=True)
