@@ -309,3 +309,35 @@ def scale_note(name: str, meta: dict) -> str:
     arch = (meta.get("model") or {}).get("arch", "?")
     return (f"{name}: {meta.get('members')} × {arch}, trained "
             + (f"on {size:,} images " if size else "") + f"for {epochs} epochs")
+
+
+# --------------------------------------------------------------------------- member transfer
+def off_diagonal(matrix) -> float:
+    """Mean accuracy of a member on examples crafted on another member (transfer matrix
+    without its white-box diagonal)."""
+    m = np.asarray(matrix, dtype=float)
+    return float(m[~np.eye(len(m), dtype=bool)].mean())
+
+
+def transfer_finding(matrices: dict, methods: dict, n: int) -> str:
+    """What two transfer matrices show, from their numbers: each ensemble's mean accuracy
+    off the diagonal (higher = attacks transfer less between its members), which is higher
+    and by how much; says plainly when PARL's members do not resist transfer better than
+    ENS_U's. `matrices`/`methods`: label -> matrix / method name; n: examples per matrix."""
+    if len(matrices) != 2:
+        raise ValueError(f"transfer_finding compares two matrices, got {len(matrices)}")
+    off = {lab: off_diagonal(m) for lab, m in matrices.items()}
+    (a, va), (b, vb) = off.items()
+    parts = f"{a} {100 * va:.1f} %, {b} {100 * vb:.1f} %"
+    d = 100 * (va - vb)
+    if abs(d) < 1.0:
+        what = "about the same transfer between the members of both"
+    else:
+        hi, lo = (a, b) if d > 0 else (b, a)
+        what = f"attacks transfer less between {hi}'s members ({abs(d):.1f} points higher than {lo})"
+    text = (f"Mean accuracy of a member on examples crafted on another member: {parts} — {what}. "
+            f"On {n} test examples each; a difference of a few points is within noise at this size.")
+    parl, ens_u = _pair(dict(zip(matrices, [methods[k] for k in matrices])))
+    if parl and ens_u and not off[parl] > off[ens_u] + 0.01:
+        text += " **The expected effect — less transfer between PARL's members — is absent here.**"
+    return text

@@ -156,27 +156,38 @@ st.download_button("Full table (CSV)", res.table.to_csv(index=False), f"robustne
 
 # ------------------------------------------------------------------- members
 st.subheader("Transferability between members")
-ens, meta = cache.load_ensemble(paths[active.stem])
+shown = targets[:2]  # the active ensemble and the first one compared, side by side
 c = st.columns(3)
 t_attack = c[0].selectbox("Attack", list(attacks), format_func=str.upper, key="rb_t_attack")
 t_eps = c[1].select_slider("ε ", eps, value=eps[-1], key="rb_t_eps", format_func=eps_label)
 t_n = min(int(n), 200)
-t_key = ("transfer", compute.ref(paths[active.stem]), dataset, t_n, t_attack, t_eps, int(steps))
-matrix = compute.stored(t_key)
-if matrix is None and c[2].button("Compute the matrix", key="rb_t_go", icon=":material/grid_on:"):
+t_keys = {t: ("transfer", compute.ref(paths[t]), dataset, t_n, t_attack, t_eps, int(steps)) for t in shown}
+matrices = {t: compute.stored(k) for t, k in t_keys.items()}
+todo = [t for t, m in matrices.items() if m is None]
+if todo and c[2].button("Compute the matrix" if len(todo) == 1 else "Compute the matrices", key="rb_t_go",
+                        icon=":material/grid_on:"):
     with st.spinner("Attacking each member and scoring the others…"):
         sub = compute.evaluation_examples(dataset, t_n)
-        compute.store(t_key, pc.transferability_matrix(ens, sub.images, sub.labels, attack=t_attack,
-                                                       eps=t_eps, steps=int(steps)))
+        for t in todo:
+            ens_t = cache.load_ensemble(paths[t])[0]
+            compute.store(t_keys[t], pc.transferability_matrix(ens_t, sub.images, sub.labels, attack=t_attack,
+                                                               eps=t_eps, steps=int(steps)))
     st.rerun()
-if matrix is not None:
-    ui.show_figure(pp.transfer_matrix_figure(matrix, attack=t_attack, eps=t_eps, per255=p255),
-                   "Accuracy of each member (column) on examples crafted on another member (row). "
-                   "The diagonal is white-box; high values off the diagonal mean attacks do not transfer. "
-                   f"Test images: {compute.data_caption(dataset, t_n)}.",
-                   key="rb_transfer", prov=prov, title="transferability")
+done = {t: m for t, m in matrices.items() if m is not None}
+for col, (t, m) in zip(st.columns(len(done)) if done else [], done.items()):
+    with col:
+        st.markdown(f"**{label[t]}**")
+        ui.show_figure(pp.transfer_matrix_figure(m, attack=t_attack, eps=t_eps, per255=p255),
+                       f"Accuracy of each member (column) on examples crafted on another member (row); "
+                       f"the diagonal is white-box. Off the diagonal: {100 * findings.off_diagonal(m):.1f} % "
+                       f"on average. Test images: {compute.data_caption(dataset, t_n)}.",
+                       key=f"rb_transfer_{t}", prov=prov, title=f"transferability_{t}")
+if len(done) == 2:
+    st.markdown(findings.transfer_finding({label[t]: m for t, m in done.items()},
+                                          {label[t]: methods[t] for t in done}, t_n))
 
 st.subheader("An adversarial example")
+ens = cache.load_ensemble(paths[active.stem])[0]
 test = compute.test_set(dataset)
 c = st.columns(3)
 idx = c[0].number_input("Test example", 0, n_test - 1, value=min(state.query_int("example", 0), n_test - 1),

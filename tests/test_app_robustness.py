@@ -47,7 +47,24 @@ def test_white_box_and_eps_choice(app_env):
     assert any("ε = 0.3" in c.value for c in at.caption)
     at.button(key="rb_t_go").click()
     rerun(at)
-    assert any("Transferability" in str(c.proto.spec) for c in at.get("plotly_chart"))
+    mats = [c for c in at.get("plotly_chart") if "Transferability" in str(c.proto.spec)]
+    assert len(mats) == 2  # the active PARL and the ENS_U compared, side by side
+    finding = next(m.value for m in at.markdown if m.value.startswith("Mean accuracy of a member"))
+    assert "PARL" in finding and "ENS_U" in finding and "On 20 test examples" in finding
+
+
+def test_transfer_finding_says_when_the_effect_is_absent():
+    from dashboard import findings
+    import numpy as np
+    low, high = np.array([[0.1, 0.2], [0.3, 0.1]]), np.array([[0.1, 0.6], [0.5, 0.1]])
+    methods = {"PARL": "parl", "ENS_U": "ce_only"}
+    good = findings.transfer_finding({"PARL": high, "ENS_U": low}, methods, 200)
+    assert "PARL 55.0 %, ENS_U 25.0 %" in good and "less between PARL's members (30.0 points" in good
+    assert "absent" not in good
+    bad = findings.transfer_finding({"PARL": low, "ENS_U": high}, methods, 200)
+    assert "less between ENS_U's members" in bad and "is absent here" in bad
+    same = findings.transfer_finding({"PARL": low, "ENS_U": low + 0.001}, methods, 200)
+    assert "about the same" in same and "is absent here" in same
 
 
 def test_bad_eps_grid_is_an_error_with_advice(app_env):
