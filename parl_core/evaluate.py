@@ -20,15 +20,10 @@ Each evaluation runs the sanity checks Carlini et al. (2019) ask of a robustness
 """
 from __future__ import annotations
 
-import io
-import json
 import math
 import time
-from dataclasses import dataclass, field
 from numbers import Real
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -37,6 +32,7 @@ from .attacks import (ALL_ATTACKS, ATTACKS, AttackCancelled, _spec, attack,  # n
                       attack_restarts, eval_mode)
 from .ensemble import Ensemble
 from .memory import rows_per_pass
+from .result import RobustnessResult, _pack, verdict_key  # noqa: F401  (re-exported)
 from .sanity import run_checks
 from .stats import Z95, wilson_interval  # noqa: F401  (re-exported)
 
@@ -46,96 +42,7 @@ __all__ = ["RobustnessResult", "robustness_curve", "transferability_matrix", "wi
 BLOCK = 100  # examples per attack block (fixes which PGD starts each example gets)
 
 
-@dataclass
-class RobustnessResult:
-    """One evaluation: `table` (one row per attack × ε, plus the clean row), the sanity
-    `checks` ({"check", "ok", "detail"}), `warnings` (details of failed checks and notes),
-    `settings` (every setting and library version), `cancelled` (partial table),
-    `verdicts` (per row "attack@eps": which examples the scored model got right, packed;
-    see `verdict`), for paired comparisons of two ensembles on the same examples."""
-    table: pd.DataFrame
-    warnings: list = field(default_factory=list)
-    settings: dict = field(default_factory=dict)
-    checks: list = field(default_factory=list)
-    cancelled: bool = False
-    verdicts: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {"table": self.table.to_dict(orient="records"),  # exact floats (to_json rounds)
-                "columns": list(self.table.columns), "warnings": list(self.warnings),
-                "settings": self.settings, "checks": self.checks, "cancelled": self.cancelled,
-                "verdicts": self.verdicts}
-
-    def verdict(self, attack: str, eps: float) -> np.ndarray | None:
-        """Per-example correctness (bool, evaluation order) of the row (attack, eps), or None
-        when it was not kept (restart rule "mean" gives shares, not verdicts)."""
-        packed = self.verdicts.get(verdict_key(attack, eps))
-        if packed is None:
-            return None
-        n = int(self.table.n.iloc[0])
-        return np.unpackbits(np.frombuffer(bytes.fromhex(packed), np.uint8))[:n].astype(bool)
-
-    def to_json(self, path=None) -> str:
-        """JSON text (written to `path` too, when given)."""
-        text = json.dumps(self.to_dict(), indent=1, default=_plain)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
-
-    @classmethod
-    def from_json(cls, source) -> "RobustnessResult":
-        """From JSON text or a path to a JSON file written by `to_json`."""
-        text = source
-        if isinstance(source, Path) or (isinstance(source, str) and not source.lstrip().startswith("{")):
-            text = Path(source).read_text()
-        d = json.loads(text)
-        table = pd.DataFrame(d["table"], columns=d.get("columns"))
-        return cls(table, d.get("warnings", []), d.get("settings", {}), d.get("checks", []),
-                   bool(d.get("cancelled", False)), d.get("verdicts", {}))
-
-    def summary(self) -> str:
-        """The table and the checks as text a person reads (the CLI prints it)."""
-        s = self.settings
-        head = (f"{s.get('checkpoint', 'ensemble')}: {s.get('mode')}"
-                + (f" from {s['surrogate']}" if s.get("surrogate") else "")
-                + f", {s.get('n')} examples, {s.get('steps')} steps, restarts {s.get('restarts')}"
-                + (f" (restart rule: {s['restart_select']})" if s.get("restart_select") else ""))
-        cols = ["attack", "eps", "acc", "ci_low", "ci_high"] + \
-            [c for c in self.table.columns if c.startswith("member_acc_")] + ["source_acc"]
-        body = self.table[[c for c in cols if c in self.table]].to_string(
-            index=False, float_format=lambda v: f"{v:.3f}")
-        lines = [head, body] + [f"  [{'ok' if c['ok'] else 'WARN'}] {c['detail']}" for c in self.checks]
-        details = {c["detail"] for c in self.checks}
-        lines += [f"  [note] {w}" for w in self.warnings if w not in details]
-        return "\n".join(lines)
-
-    def to_csv(self, path=None) -> str:
-        """The table as CSV text (written to `path` too, when given)."""
-        buf = io.StringIO()
-        self.table.to_csv(buf, index=False)
-        if path is not None:
-            Path(path).write_text(buf.getvalue())
-        return buf.getvalue()
-
-
 # --------------------------------------------------------------------------- helpers
-def verdict_key(attack: str, eps: float) -> str:
-    return f"{attack}@{float(eps)!r}"
-
-
-def _pack(correct: torch.Tensor) -> str | None:
-    if correct.dtype != torch.bool:
-        return None
-    return np.packbits(correct.numpy()).tobytes().hex()
-
-
-def _plain(v):
-    """numpy scalars -> Python numbers for json.dumps."""
-    if isinstance(v, np.generic):
-        return v.item()
-    raise TypeError(f"not JSON-serialisable: {type(v).__name__}")
-
-
 def _device(model) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
@@ -465,40 +372,4 @@ def _row(attack, eps, mode, vote, mem, clean_acc, src, steps, alpha, restarts) -
     return row
 
 
-# --------------------------------------------------------------------------- transferability
-def transferability_matrix(ens, x, y, *, attack="pgd", eps, steps=50, step_size=None, restarts=1,
-                           decay=0.01, seed=0, bounds=(0.0, 1.0), batch_size=None,
-                           metric="accuracy") -> np.ndarray:
-    """(M, M) matrix between members: row i = examples crafted on member i, column j = member j.
-
-    metric "accuracy" (default): member j's ACCURACY on every example crafted on member i,
-      so the diagonal is each member's white-box accuracy.
-    metric "success_rate": as DVERGE's figures report it, the share of the examples member
-      j classifies correctly when clean that the attack from member i makes it misclassify.
-    With restarts, an example counts as correct only if every restart's example is.
-    Memory-bounded like `robustness_curve` (batch_size caps the rows per pass).
-    """
-    if not isinstance(ens, Ensemble):
-        raise ValueError(f"ens must be a parl_core.Ensemble, got {type(ens).__name__}")
-    if not isinstance(eps, Real):
-        raise ValueError(f"eps must be one number, got {eps!r}")
-    if metric not in ("accuracy", "success_rate"):
-        raise ValueError(f"metric must be 'accuracy' or 'success_rate', got {metric!r}")
-    spec = _spec(attack, eps, steps, step_size, restarts, decay, seed, bounds, "ensemble", False)
-    x, y = x.detach().cpu(), y.detach().cpu()
-    m_n = len(ens.members)
-    score_rows = rows_per_pass(ens, x[0], grad=False, cap=batch_size) if len(x) else 1
-    clean = _score(ens, x, y, score_rows)[1]  # (M, N)
-    out = np.zeros((m_n, m_n))
-    for i, member in enumerate(ens.members):
-        rows = rows_per_pass(member, x[0], grad=True, cap=batch_size) if len(x) else 1
-        correct = torch.ones(m_n, len(x), dtype=torch.bool)
-        for sl, _, _, _, adv in _crafted(spec, member, x, y, rows):
-            r_n = adv.shape[1]
-            _, mem = _score(ens, adv.reshape(-1, *x.shape[1:]), y[sl].repeat(r_n), score_rows)
-            correct[:, sl] &= mem.view(m_n, r_n, -1).all(1)
-        if metric == "accuracy":
-            out[i] = correct.double().mean(1).numpy()
-        else:
-            out[i] = ((clean & ~correct).sum(1).double() / clean.sum(1).clamp(min=1)).numpy()
-    return out
+from .transfer import transferability_matrix  # noqa: E402,F401  (re-exported)
