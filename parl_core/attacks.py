@@ -35,10 +35,10 @@ __all__ = ["attack", "attack_restarts", "ATTACKS", "EXTRA_ATTACKS", "ALL_ATTACKS
            "ATTACK_LOSSES", "AttackCancelled", "input_loss", "vote_loss", "eval_mode"]
 
 ATTACKS = ("fgsm", "bim", "mim", "pgd")  # the paper's four: the evaluation's default
-EXTRA_ATTACKS = ("apgd-ce", "apgd-dlr", "square")
+EXTRA_ATTACKS = ("apgd-ce", "apgd-dlr", "square", "mi-di")
 ALL_ATTACKS = ATTACKS + EXTRA_ATTACKS
 ATTACK_LOSSES = ("ensemble", "members", "margin", "vote", "dlr")
-RANDOM_ATTACKS = ("pgd", "apgd-ce", "apgd-dlr", "square")  # random starts: restarts, seeds
+RANDOM_ATTACKS = ("pgd", "apgd-ce", "apgd-dlr", "square", "mi-di")  # random draws: restarts, seeds
 _FIXED_LOSS = {"apgd-ce": "ensemble", "apgd-dlr": "dlr", "square": "margin"}  # set by the name
 
 
@@ -90,7 +90,7 @@ def _spec(name, eps, steps, step_size, restarts, decay, seed, bounds, loss, earl
                              f"({len(eps_list)}), got {step_size!r}")
     if name == "fgsm":  # one step of size ε; restarts would repeat the same deterministic step
         alpha, steps = list(eps_list), 1
-    elif name in EXTRA_ATTACKS:  # step_size ignored; recorded: APGD's first step, Square's ±2ε
+    elif name in _FIXED_LOSS:  # step_size ignored; recorded: APGD's first step, Square's ±2ε
         alpha = [2 * e for e in eps_list]
     else:
         alpha = [e / 5 for e in eps_list] if step_size is None else [float(a) for a in sizes]
@@ -332,8 +332,8 @@ def _run(name, model, x, y, eps, steps, step_size, restarts, decay, seed, bounds
         if spec.name in ATTACKS:
             adv, path = _craft(spec, work, xd, yd, record_path=record_path, tick=tick, cancel=cancel)
         else:  # the stronger attacks live in their own modules
-            from . import apgd, square
-            craft = square.craft if spec.name == "square" else apgd.craft
+            from . import apgd, midi, square
+            craft = {"square": square.craft, "mi-di": midi.craft}.get(spec.name, apgd.craft)
             adv, path = craft(spec, work, xd, yd, tick=tick, cancel=cancel), None
         per = fooled = None
         if score:  # one more forward, only to pick among restarts
@@ -358,7 +358,8 @@ def attack(name, model, x, y, eps, steps=50, step_size=None, restarts=1, decay=0
     """Adversarial examples for (x, y) under an L∞ budget eps.
 
     name: one of ALL_ATTACKS: the paper's "fgsm" | "bim" | "mim" | "pgd" (ATTACKS), and
-      "apgd-ce" | "apgd-dlr" (`parl_core.apgd`) | "square" (`parl_core.square`).
+      "apgd-ce" | "apgd-dlr" (`parl_core.apgd`) | "square" (`parl_core.square`) | "mi-di"
+      (`parl_core.midi`: MIM through a random resize-and-pad, a transfer attack).
     model: nn.Module (logits) or Ensemble.
     x: (N, ...) inputs within `bounds` ((0, 1) pixels; None: no range, e.g. 2-D data).
     eps: a float -> (N, ...); a list of E floats -> (E, N, ...), crafted in one batched loop.

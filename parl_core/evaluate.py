@@ -161,8 +161,9 @@ def robustness_curve(target, x, y, *, attacks=ATTACKS, eps=None, surrogate=None,
     one, the examples are crafted on it once and scored on every target (black-box
     transfer), else on each target (white-box). x (N, ...), y (N,): the evaluation
     examples. Attacks: any of `parl_core.attacks.ALL_ATTACKS` (the paper's four, APGD-CE,
-    APGD-DLR, Square). Attack parameters as in `parl_core.attack`; `steps` may be a dict per
-    attack ({"square": 1000, "default": 50}); `restarts` applies to PGD, APGD and Square.
+    APGD-DLR, Square, MI-DI). Attack parameters as in `parl_core.attack`; `steps` may be a
+    dict per attack ({"square": 1000, "default": 50}); `restarts` applies to PGD, APGD,
+    Square and MI-DI.
     restart_select: how PGD's restarts combine into one verdict per example —
       "target": robust only if the scored model classifies every restart's example
         correctly (the worst case; default white-box);
@@ -272,7 +273,16 @@ def _settings(attacks, eps, mode, n, seed, kw, rows, target, surrogate) -> dict:
             "rows_per_pass": rows, "block": BLOCK, "target_members": _members(target),
             "surrogate_members": _members(surrogate) if surrogate is not None else None,
             "device": str(_device(target)), "library_version": __version__,
-            "torch_version": torch.__version__}
+            "torch_version": torch.__version__, **_attack_options(attacks)}
+
+
+def _attack_options(attacks) -> dict:
+    """Options an attack takes beside `attack`'s arguments, recorded only when it runs:
+    MI-DI's transform ({"mi_di": {"prob", "ratio"}}, `parl_core.midi.options`)."""
+    if "mi-di" not in attacks:
+        return {}
+    from .midi import current_options
+    return {"mi_di": current_options()}
 
 
 def _one_attack(spec, targets, source, x, y, rows, score_rows, prog, cancel, mode, clean_acc,

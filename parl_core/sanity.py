@@ -49,7 +49,7 @@ def run_checks(df, specs, kw, target, source, x, y, cap, mode) -> list:
     return checks
 
 
-GRADIENT_ATTACKS = {"fgsm", "bim", "mim", "pgd", "apgd-ce", "apgd-dlr"}
+GRADIENT_ATTACKS = {"fgsm", "bim", "mim", "pgd", "apgd-ce", "apgd-dlr", "mi-di"}
 
 
 def _check_gradient_free(attacked) -> dict:
