@@ -154,7 +154,7 @@ def resolve_restart_select(rule, black_box: bool) -> str:
 def robustness_curve(target, x, y, *, attacks=ATTACKS, eps=None, surrogate=None, steps=50,
                      step_size=None, restarts=1, decay=0.01, seed=0, bounds=(0.0, 1.0),
                      loss="ensemble", early_stop=False, batch_size=None, on_progress=None,
-                     cancel=None, restart_select=None):
+                     cancel=None, restart_select=None, convergence=False):
     """Accuracy of `target` under each attack at each ε -> RobustnessResult.
 
     target: Ensemble or nn.Module, or a list of them -> a list of results. surrogate: with
@@ -173,6 +173,8 @@ def robustness_curve(target, x, y, *, attacks=ATTACKS, eps=None, surrogate=None,
         mode "target" would let the attacker query the target once per restart);
       "mean": the share of restarts classified correctly, averaged (interval: normal
         approximation over the per-example shares).
+    convergence: also run the opt-in "more steps" check (`parl_core.diagnostics`): PGD at
+    the largest ε again with 4× the steps, on the same examples; its verdict joins `checks`.
     early_stop applies to white-box only. batch_size: at most this many adversarial rows
     per pass (default: sized from the model and the memory budget, `parl_core.memory`);
     it changes memory and speed, never the result. on_progress(dict) gets {"event":
@@ -196,7 +198,7 @@ def robustness_curve(target, x, y, *, attacks=ATTACKS, eps=None, surrogate=None,
     common = dict(attacks=attacks, eps=eps, steps=steps, step_size=step_size, restarts=restarts,
                   decay=decay, seed=seed, bounds=bounds, loss=loss, early_stop=early_stop,
                   batch_size=batch_size, on_progress=on_progress, cancel=cancel,
-                  restart_select=restart_select)
+                  restart_select=restart_select, convergence=convergence)
     if surrogate is None and many:  # white-box: every target attacks itself
         return [robustness_curve(t, x, y, **common) for t in targets]
     out = _curve(targets, x, y, surrogate=surrogate, **common)
@@ -204,7 +206,10 @@ def robustness_curve(target, x, y, *, attacks=ATTACKS, eps=None, surrogate=None,
 
 
 def _curve(targets, x, y, *, attacks, eps, surrogate, steps, step_size, restarts, decay, seed,
-           bounds, loss, early_stop, batch_size, on_progress, cancel, restart_select) -> list:
+           bounds, loss, early_stop, batch_size, on_progress, cancel, restart_select,
+           convergence) -> list:
+    if not isinstance(convergence, bool):
+        raise ValueError(f"convergence must be True or False, got {convergence!r}")
     attacks, eps = _validate(attacks, eps, batch_size)
     black = surrogate is not None
     rule = resolve_restart_select(restart_select, black)
@@ -261,6 +266,10 @@ def _curve(targets, x, y, *, attacks, eps, surrogate, steps, step_size, restarts
         settings = _settings(attacks, eps, mode, n, seed, kw, rows, t, surrogate)
         settings["restart_select"] = rule
         results.append(RobustnessResult(df, warnings, settings, checks, cancelled, vd))
+    if convergence and not cancelled:
+        from .diagnostics import add_convergence
+        add_convergence(results, targets, x, y, surrogate, eps, _steps_for(steps, "pgd"), step_size,
+                        kw, seed, rule, batch_size, cancel)
     prog.emit("end", cancelled=cancelled)
     return results
 
