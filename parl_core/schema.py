@@ -72,6 +72,14 @@ MAX_INT = 2**63 - 1
 DEFAULT_WIDTH = {"resnet20": 16, "smallcnn": 8, "mlp": 32}
 DEFAULT_DEPTH = 3
 IMAGE_SETS = {"digits": ((1, 8, 8), 10), "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100)}
+# A user-defined nn.Module member (parl_core.hooked): its config names the factory that
+# builds it ("package.module:function") and its hooked layers; its tensors are whatever
+# that module holds, so they are checked for dtype, size and tiling, not names.
+HOOKED_ARCH = "hooked"
+FACTORY_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*"
+MAX_HOOKED_LAYERS = 256
+# where an imported ensemble came from (parl_core.importers): "module" is --model
+IMPORT_LAYOUTS = ("dverge", "trs", "parl", "state-dict", "module")
 FLOAT_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 INT_DTYPES = {"I64": 8}
 # the history values the CLI and the pages format as single numbers
@@ -213,12 +221,15 @@ def _check_config(cfg, field: str) -> dict:
     if not isinstance(cfg, dict):
         _fail(field, "an object (the model config)", cfg)
     arch = cfg.get("arch")
-    if arch not in ARCHS:
+    if arch not in ARCHS and arch != HOOKED_ARCH:
         raise CheckpointError(f"metadata field '{field}.arch': unknown architecture "
                               f"{arch if isinstance(arch, str) else _kind(arch)!r} "
-                              f"(this version knows {', '.join(ARCHS)})")
+                              f"(this version knows {', '.join(ARCHS + (HOOKED_ARCH,))})")
     allowed = {"arch", "num_classes", "in_channels", "width", "mean", "std"} | (
         {"depth"} if arch == "mlp" else set())
+    if arch == HOOKED_ARCH:
+        allowed = {"arch", "num_classes", "in_channels", "mean", "std", "factory", "layers"}
+        _check_hooked(cfg, field)
     extra = sorted(str(k) for k in set(cfg) - allowed)
     if extra:
         raise CheckpointError(f"metadata field {field!r}: a {arch} config takes only "
@@ -238,6 +249,47 @@ def _check_config(cfg, field: str) -> dict:
                   "(one per input channel)", v)
     del nc
     return cfg
+
+
+def _check_hooked(cfg, field: str) -> None:
+    """The factory ("package.module:function") and layer names of a hooked member."""
+    import re
+    f = cfg.get("factory")
+    if not (isinstance(f, str) and len(f) <= 200 and re.fullmatch(FACTORY_PATTERN, f)):
+        _fail(f"{field}.factory", "'package.module:function' (the factory that builds the model)", f)
+    layers = cfg.get("layers")
+    if not (isinstance(layers, list) and 1 <= len(layers) <= MAX_HOOKED_LAYERS
+            and all(isinstance(x, str) and 1 <= len(x) <= 200 for x in layers)):
+        _fail(f"{field}.layers", f"a list of 1..{MAX_HOOKED_LAYERS} module names", layers)
+
+
+def _check_imported(imp, members: int) -> None:
+    """Where an imported ensemble came from (parl_core.importers)."""
+    if not isinstance(imp, dict):
+        _fail("imported", "an object (layout, files, normalize_source, ...)", imp)
+    _str(imp, "layout", field="imported.layout", choices=set(IMPORT_LAYOUTS))
+    files = imp.get("files", [])
+    if not isinstance(files, list) or len(files) > MAX_MEMBERS:
+        _fail("imported.files", f"a list of at most {MAX_MEMBERS} file records", files)
+    for j, rec in enumerate(files):
+        f = f"imported.files[{j}]"
+        if not isinstance(rec, dict):
+            _fail(f, "an object {name, sha256, members}", rec)
+        _str(rec, "name", field=f"{f}.name", max_len=256)
+        h = rec.get("sha256")
+        if not (isinstance(h, str) and len(h) == 64 and all(c in "0123456789abcdef" for c in h)):
+            _fail(f"{f}.sha256", "64 lowercase hex digits", h)
+        _int(rec, "members", 1, MAX_MEMBERS, field=f"{f}.members")
+    src = imp.get("normalize_source", [])
+    if not (isinstance(src, list) and len(src) == members and all(
+            isinstance(x, str) and len(x) <= 64 for x in src)):
+        _fail("imported.normalize_source", f"a list of {members} short strings (one per member)", src)
+    _int(imp, "filled_counters", 0, MAX_INT, field="imported.filled_counters")
+    ren = imp.get("renames", [])
+    if not (isinstance(ren, list) and len(ren) <= 1024 and all(
+            isinstance(r, list) and len(r) == 2 and all(isinstance(x, str) and len(x) <= 256 for x in r)
+            for r in ren)):
+        _fail("imported.renames", "a list of at most 1024 [source name, lab name] pairs", ren)
 
 
 def _check_history(hist) -> None:
@@ -307,10 +359,10 @@ def validate_metadata(meta) -> dict:
             raise CheckpointError(f"metadata field 'member_configs[{i}]': every member must take "
                                   f"{c} input channels and give {nc} classes like 'model', got "
                                   f"{cfg['in_channels']} and {cfg['num_classes']}")
-    if len({cfg["arch"] == "mlp" for cfg in [model, *cfgs]}) > 1:
+    if len({cfg["arch"] == "mlp" for cfg in [model, *cfgs] if cfg["arch"] != HOOKED_ARCH}) > 1:
         raise CheckpointError("metadata: 'model' and 'member_configs' mix mlp and convolutional "
                               "members (they take different inputs)")
-    total = sum(_count(expected_state(cfg)) for cfg in cfgs)
+    total = sum(_count(expected_state(cfg)) for cfg in cfgs if cfg["arch"] != HOOKED_ARCH)
     if total > max_params():
         raise CheckpointError(f"the declared models have {total:,} weights in all; at most "
                               f"{max_params():,} are accepted (raise PARL_MAX_PARAMS to allow more)")
@@ -327,8 +379,8 @@ def validate_metadata(meta) -> dict:
     if "input_shape" in meta:
         shp = meta["input_shape"]
         want = "[in_channels]" if model["arch"] == "mlp" else "[in_channels, height, width]"
-        ok = isinstance(shp, list) and all(_is_int(x) for x in shp) and len(shp) == (
-            1 if model["arch"] == "mlp" else 3) and shp[0] == c and all(1 <= x <= MAX_SPATIAL for x in shp)
+        ok = isinstance(shp, list) and all(_is_int(x) for x in shp) and len(shp) in (
+            (1, 3) if model["arch"] == HOOKED_ARCH else (1,) if model["arch"] == "mlp" else (3,)) and shp[0] == c and all(1 <= x <= MAX_SPATIAL for x in shp)
         if not ok:
             _fail("input_shape", f"{want} with in_channels {c} and sizes in 1..{MAX_SPATIAL}", shp)
     if ds is not None:
@@ -340,7 +392,7 @@ def validate_metadata(meta) -> dict:
                                       f"{model['arch']} with {c} and {nc}")
             if meta.get("input_shape", list(shape)) != list(shape):
                 _fail("input_shape", f"{list(shape)} for {ds}", meta["input_shape"])
-        elif ds in TOY_2D and (model["arch"] != "mlp" or c != 2):
+        elif ds in TOY_2D and (model["arch"] not in ("mlp", HOOKED_ARCH) or c != 2):
             raise CheckpointError(f"metadata: dataset {ds} (2-D points) needs an mlp with 2 inputs, "
                                   f"got {model['arch']} with {c}")
     info = _flat_dict(meta, "dataset_info")
@@ -367,6 +419,8 @@ def validate_metadata(meta) -> dict:
     _str(meta, "init", none_ok=True)
     if "history" in meta and meta["history"] is not None:
         _check_history(meta["history"])
+    if "imported" in meta:
+        _check_imported(meta["imported"], n)
     for key in set(meta) - KNOWN_FIELDS:
         _check_extra(key, meta[key])
     return meta
@@ -375,7 +429,8 @@ def validate_metadata(meta) -> dict:
 KNOWN_FIELDS = {"format_version", "library_version", "members", "model", "member_configs", "method",
                 "dataset", "num_classes", "classes", "input_shape", "dataset_info", "params", "seed",
                 "epochs", "epochs_done", "train_size", "batch_size", "train_subset", "lr", "clean_acc",
-                "r_mean", "schedule", "augment", "cancelled", "created", "command", "init", "history"}
+                "r_mean", "schedule", "augment", "cancelled", "created", "command", "init", "history",
+                "imported"}
 
 
 def _check_extra(key: str, value) -> None:
@@ -449,6 +504,18 @@ def expected_state(cfg: dict) -> dict[str, tuple[tuple[int, ...], bool]]:
     return out
 
 
+def _hooked_state(entries: dict, have: set, cfg: dict, i: int) -> dict:
+    """The expected tensors of a hooked member: its mean/std (in_channels,) and whatever
+    else it declares, each with the shape it declares (names bounded; float or I64)."""
+    c = cfg["in_channels"]
+    out = {f"member{i}.mean": ((c,), True), f"member{i}.std": ((c,), True)}
+    for k in sorted(have - set(out)):
+        if len(k) > 256 + 10:
+            raise CheckpointError(f"tensor {k[:60]}…: names must have at most 256 characters")
+        out[k] = (tuple(entries[k]["shape"]), entries[k]["dtype"] in FLOAT_DTYPES)
+    return out
+
+
 def _count(state: dict) -> int:
     return sum(math.prod(shape) for shape, is_float in state.values() if is_float)
 
@@ -459,8 +526,11 @@ def check_tensors(entries: dict, meta: dict, data_len: int) -> None:
     `data_len` bytes after the header exactly (no gaps, overlaps or slack)."""
     want, seen = {}, set()
     for i, cfg in enumerate(meta["member_configs"]):
-        mine = {f"member{i}.{k}": spec for k, spec in expected_state(cfg).items()}
         have = {k for k in entries if k.startswith(f"member{i}.")}
+        if cfg["arch"] == HOOKED_ARCH:
+            mine = _hooked_state(entries, have, cfg, i)
+        else:
+            mine = {f"member{i}.{k}": spec for k, spec in expected_state(cfg).items()}
         missing, extra = sorted(set(mine) - have), sorted(have - set(mine))
         if missing or extra:
             parts = []
@@ -474,6 +544,11 @@ def check_tensors(entries: dict, meta: dict, data_len: int) -> None:
                                   f"({'; '.join(parts)})")
         want.update(mine)
         seen |= have
+    if any(cfg["arch"] == HOOKED_ARCH for cfg in meta["member_configs"]):
+        total = _count({k: v for k, v in want.items()})
+        if total > max_params():
+            raise CheckpointError(f"the file holds {total:,} weights in all; at most {max_params():,} "
+                                  "are accepted (raise PARL_MAX_PARAMS to allow more)")
     stray = sorted(set(entries) - seen)
     if stray:
         raise CheckpointError(f"tensors that belong to no member: {', '.join(e[:60] for e in stray[:3])}"
