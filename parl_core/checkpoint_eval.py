@@ -53,10 +53,19 @@ def _evaluation_data(dataset, n, root, _stamp, extra):
 
 
 def _resolve(path, surrogate, n_examples, seed, attacks, eps, steps, step_size, restarts, decay,
-             early_stop, loss, batch_size, data_root, restart_select=None) -> tuple[dict, Path]:
-    """The settings that identify an evaluation and its cache file (no weights loaded)."""
+             early_stop, loss, batch_size, data_root, restart_select=None,
+             convergence=False) -> tuple[dict, Path]:
+    """The settings that identify an evaluation and its cache file (no weights loaded).
+    Options added after the shipped caches (MI-DI's transform, the "more steps" check)
+    enter the key only when they are used, so every earlier key stays what it was."""
     from .checkpoints import file_hash, read_metadata
     from .data import default_eps_grid
+    if surrogate is not None and not isinstance(surrogate, (str, os.PathLike)):
+        raise ValueError(f"surrogate must be None or one checkpoint path, got "
+                         f"{type(surrogate).__name__}; for several surrogates use "
+                         "parl_core.surrogates.transfer_suite(targets, surrogates)")
+    if not isinstance(convergence, bool):
+        raise ValueError(f"convergence must be True or False, got {convergence!r}")
     meta, smeta = read_metadata(path), None
     if surrogate is not None:
         smeta = read_metadata(surrogate)
@@ -77,6 +86,11 @@ def _resolve(path, surrogate, n_examples, seed, attacks, eps, steps, step_size, 
            "step_size": step_size, "restarts": restarts,
            "restart_select": resolve_restart_select(restart_select, surrogate is not None),
            "decay": decay, "early_stop": early_stop, "loss": loss, "cache_version": CACHE_VERSION}
+    if "mi-di" in attacks:
+        from .midi import current_options
+        key["mi_di"] = current_options()
+    if convergence:
+        key["convergence"] = True
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     path = Path(path)
     return {**key, "meta": meta, "smeta": smeta}, path.parent / ".cache" / f"eval_{path.stem}_{digest}.json"
@@ -86,13 +100,15 @@ def evaluate_checkpoints(paths, *, surrogate=None, n_examples=1000, seed=0, atta
                          eps=None, steps=50, step_size=None, restarts=1, decay=0.01,
                          early_stop=False, loss="ensemble", batch_size=None, data_root=None,
                          device=None, cache=True, on_progress=None, cancel=None,
-                         restart_select=None) -> list:
+                         restart_select=None, convergence=False) -> list:
     """Evaluate every checkpoint in `paths` -> one RobustnessResult each, in order.
 
     Black-box (a surrogate checkpoint path): the examples are crafted on the surrogate
     once and scored on every target that is not cached yet. White-box: each target
     attacks itself. Settings as in `evaluate_checkpoint`. cache: True (use and write the
     cache), "read" (use it, never write: a read-only server) or False (neither).
+    One surrogate per call: for several (per-surrogate and worst-over-surrogates results)
+    see `parl_core.surrogates.transfer_suite`.
     """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if not paths:
@@ -100,7 +116,7 @@ def evaluate_checkpoints(paths, *, surrogate=None, n_examples=1000, seed=0, atta
     if cache not in (True, False, "read"):
         raise ValueError(f"cache must be True, False or 'read', got {cache!r}")
     args = (surrogate, n_examples, seed, attacks, eps, steps, step_size, restarts, decay,
-            early_stop, loss, batch_size, data_root, restart_select)
+            early_stop, loss, batch_size, data_root, restart_select, convergence)
     resolved = [_resolve(p, *args) for p in paths]
     out = [_load_cached(f, key) if cache else None for key, f in resolved]
     todo = [i for i, r in enumerate(out) if r is None]
@@ -117,7 +133,8 @@ def evaluate_checkpoints(paths, *, surrogate=None, n_examples=1000, seed=0, atta
                            eps=key0["eps"], surrogate=sur, steps=steps, step_size=step_size,
                            restarts=restarts, decay=decay, seed=seed, bounds=test.bounds, loss=loss,
                            early_stop=early_stop, batch_size=batch_size, on_progress=on_progress,
-                           cancel=cancel, restart_select=key0["restart_select"])
+                           cancel=cancel, restart_select=key0["restart_select"],
+                           convergence=convergence)
     for i, r in zip(todo, res):
         key, file = resolved[i]
         r.settings.update({k: v for k, v in key.items() if k not in ("meta", "smeta")})
@@ -141,14 +158,16 @@ def evaluate_checkpoints(paths, *, surrogate=None, n_examples=1000, seed=0, atta
 def evaluate_checkpoint(path, *, surrogate=None, n_examples=1000, seed=0, attacks=ATTACKS, eps=None,
                         steps=50, step_size=None, restarts=1, decay=0.01, early_stop=False,
                         loss="ensemble", batch_size=None, data_root=None, device=None, cache=True,
-                        on_progress=None, cancel=None, restart_select=None) -> RobustnessResult:
+                        on_progress=None, cancel=None, restart_select=None,
+                        convergence=False) -> RobustnessResult:
     """Evaluate the ensemble in checkpoint `path` (black-box from `surrogate`, a checkpoint
     path, when given) on the first `n_examples` test examples of the canonical evaluation
     order (`parl_core.data.evaluation_order`; fewer when fewer exist: a warning says so).
 
     eps None: the dataset's default grid. seed: the PGD starts. restart_select: how PGD's
     restarts combine (`parl_core.robustness_curve`; default "source" black-box, "target"
-    white-box). The result is cached as
+    white-box). convergence: add the "more steps" check (`parl_core.diagnostics`; PGD at
+    the largest ε with 4× the steps). The result is cached as
     JSON in `<checkpoint folder>/.cache/` (see the module docstring); with cache=True a
     cached result is returned without computing. A cancelled evaluation is never cached.
     """
@@ -156,16 +175,18 @@ def evaluate_checkpoint(path, *, surrogate=None, n_examples=1000, seed=0, attack
         [path], surrogate=surrogate, n_examples=n_examples, seed=seed, attacks=attacks, eps=eps,
         steps=steps, step_size=step_size, restarts=restarts, decay=decay, early_stop=early_stop,
         loss=loss, batch_size=batch_size, data_root=data_root, device=device, cache=cache,
-        on_progress=on_progress, cancel=cancel, restart_select=restart_select)[0]
+        on_progress=on_progress, cancel=cancel, restart_select=restart_select,
+        convergence=convergence)[0]
 
 
 def cached_evaluation(path, *, surrogate=None, n_examples=1000, seed=0, attacks=ATTACKS, eps=None,
                       steps=50, step_size=None, restarts=1, decay=0.01, early_stop=False,
                       loss="ensemble", batch_size=None, data_root=None, restart_select=None,
-                      **_ignored) -> RobustnessResult | None:
+                      convergence=False, **_ignored) -> RobustnessResult | None:
     """The cached result of `evaluate_checkpoint` with these arguments, or None; never computes."""
     key, file = _resolve(path, surrogate, n_examples, seed, attacks, eps, steps, step_size,
-                         restarts, decay, early_stop, loss, batch_size, data_root, restart_select)
+                         restarts, decay, early_stop, loss, batch_size, data_root, restart_select,
+                         convergence)
     return _load_cached(file, key)
 
 

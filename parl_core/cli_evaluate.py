@@ -5,14 +5,19 @@ import signal
 import threading
 
 from .attacks import ALL_ATTACKS, ATTACKS
+from .diagnostics import FACTOR
 from .progress import Progress
+from .result import _plain
 
 
 def add_evaluate(sub, common):
     p = sub.add_parser(
         "evaluate", parents=[common], help="accuracy under FGSM/BIM/MIM/PGD over a grid of eps",
         description="Robustness of checkpoints: white-box, or black-box (transfer) from "
-                    "--surrogate, whose examples are crafted once and scored on every target. "
+                    "--surrogate, whose examples are crafted once and scored on every target; "
+                    "with --surrogate given more than once, one table per surrogate and the worst "
+                    "over surrogates (per example: robust only if no surrogate's examples fool "
+                    "it). "
                     "Every checkpoint of a dataset is evaluated on the same test examples (the "
                     "first --n of the canonical evaluation order). Defaults follow the paper: "
                     "1000 test examples, 50 steps of eps/5, MIM decay 0.01 (the paper's 10 PGD restarts: "
@@ -20,8 +25,10 @@ def add_evaluate(sub, common):
     p.add_argument("checkpoint", nargs="*", help="target checkpoint(s)")
     p.add_argument("--target", action="append", default=[], metavar="CKPT",
                    help="another target checkpoint (repeatable)")
-    p.add_argument("--surrogate", default=None, metavar="CKPT",
-                   help="craft the examples on this ensemble (black-box transfer)")
+    p.add_argument("--surrogate", action="append", default=[], metavar="CKPT",
+                   help="craft the examples on this ensemble (black-box transfer); repeatable: "
+                        "pick surrogates of other seeds, another architecture and one trained "
+                        "with the target's defence (see parl_core.surrogates)")
     p.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated subset of "
                    f"{','.join(ALL_ATTACKS)} (default: the paper's four)")
     p.add_argument("--square-queries", type=int, default=None, metavar="Q",
@@ -39,6 +46,9 @@ def add_evaluate(sub, common):
     p.add_argument("--decay", type=float, default=0.01, help="MIM momentum decay")
     p.add_argument("--loss", default="ensemble", choices=("ensemble", "members"),
                    help="CE of the log-mean-softmax, or the mean of the members' CE")
+    p.add_argument("--convergence", action="store_true",
+                   help=f"also rerun PGD at the largest eps with {FACTOR}x the steps and check that "
+                        "more steps do not help the defender (a masking diagnostic)")
     p.add_argument("--early-stop", action="store_true",
                    help="white-box: stop attacking examples already misclassified")
     p.add_argument("--seed", type=int, default=0, help="PGD's random starts")
@@ -57,11 +67,6 @@ def add_evaluate(sub, common):
 
 
 def cmd_evaluate(args) -> int:
-    import json
-
-    import pandas as pd
-
-    from .checkpoint_eval import evaluate_checkpoints
     targets = list(args.checkpoint) + list(args.target)
     if not targets:
         raise ValueError("evaluate: give at least one checkpoint (positional or --target)")
@@ -69,49 +74,82 @@ def cmd_evaluate(args) -> int:
         eps = [float(v) for v in args.eps.split(",") if v.strip()] if args.eps else None
     except ValueError:
         raise SystemExit(f"--eps expects comma-separated numbers, got {args.eps!r}") from None
-    prog, stop = Progress("black-box" if args.surrogate else "white-box", quiet=args.quiet), \
+    kw = dict(n_examples=args.n, seed=args.seed, eps=eps,
+              attacks=[a.strip() for a in args.attacks.split(",") if a.strip()],
+              steps=({"default": args.steps, "square": args.square_queries}
+                     if args.square_queries else args.steps), step_size=args.step_size,
+              restarts=args.restarts, decay=args.decay, early_stop=args.early_stop, loss=args.loss,
+              batch_size=args.batch_size, restart_select=args.restart_select,
+              convergence=args.convergence, data_root=args.data_root, device=args.device,
+              cache=not args.no_cache)
+    bar, stop = {"p": Progress("black-box" if args.surrogate else "white-box", quiet=args.quiet)}, \
         threading.Event()
 
     def on_progress(ev):
+        prog = bar["p"]
+        mode = ev["mode"] + (f" from {ev['surrogate']}" if ev.get("surrogate") else "")
         if ev["event"] == "start":
-            prog.desc = ev["mode"]
+            if prog.total is not None:  # the next surrogate: a fresh bar
+                prog.close()
+                prog = bar["p"] = Progress(mode, quiet=args.quiet)
+            prog.desc = mode
             prog.start(ev["total"])
         elif ev["event"] == "progress":
             prog.update_to(ev["done"], attack=ev["attack"] or "-")
         elif ev["event"] == "attack" and not args.quiet:
-            prog.note(f"{ev['mode']}: {ev['attack']} done ({100 * ev['done'] / ev['total']:.0f}% "
+            prog.note(f"{mode}: {ev['attack']} done ({100 * ev['done'] / ev['total']:.0f}% "
                       f"of the work, {ev['elapsed']:.0f}s)")
 
-    kw = dict(surrogate=args.surrogate, n_examples=args.n, seed=args.seed,
-              attacks=[a.strip() for a in args.attacks.split(",") if a.strip()], eps=eps,
-              steps=({"default": args.steps, "square": args.square_queries}
-                     if args.square_queries else args.steps), step_size=args.step_size, restarts=args.restarts,
-              decay=args.decay, early_stop=args.early_stop, loss=args.loss,
-              batch_size=args.batch_size, restart_select=args.restart_select)
     old = signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        results = evaluate_checkpoints(targets, data_root=args.data_root, device=args.device,
-                                       cache=not args.no_cache, on_progress=on_progress,
-                                       cancel=stop, **kw)
+        if len(args.surrogate) > 1:
+            from .surrogates import transfer_suite
+            suites = transfer_suite(targets, args.surrogate, on_progress=on_progress, cancel=stop, **kw)
+        else:
+            from .checkpoint_eval import evaluate_checkpoints
+            results = evaluate_checkpoints(targets, surrogate=args.surrogate[0] if args.surrogate
+                                           else None, on_progress=on_progress, cancel=stop, **kw)
     finally:
         signal.signal(signal.SIGINT, old)
-        prog.close()
+        bar["p"].close()
+    if len(args.surrogate) > 1:
+        return _report_suites(args, targets, suites)
     print("\n\n".join(r.summary() for r in results))
     for t, r in list(zip(targets, results))[1:]:
         print(_paired_text(targets[0], results[0], t, r))
-    if args.csv:
-        if len(results) == 1:
-            results[0].to_csv(args.csv)
-        else:
-            pd.concat([r.table.assign(checkpoint=t) for r, t in zip(results, targets)]) \
-                .to_csv(args.csv, index=False)
-    if args.json:
-        if len(results) == 1:
-            results[0].to_json(args.json)
-        else:
-            with open(args.json, "w") as f:
-                json.dump([json.loads(r.to_json()) for r in results], f, indent=1)
+    _write(args, [r.table.assign(checkpoint=t) for r, t in zip(results, targets)],
+           [r.to_dict() for r in results], drop_checkpoint=len(results) == 1)
     return 130 if any(r.cancelled for r in results) else 0
+
+
+def _report_suites(args, targets, suites) -> int:
+    """Several surrogates: every suite's tables, the paired comparison of the targets' worst
+    over surrogates, and --csv (a 'surrogate' column; 'worst' rows) / --json."""
+    print("\n\n".join(s.summary() for s in suites))
+    if all(s.worst is not None for s in suites):
+        for t, s in list(zip(targets, suites))[1:]:
+            print(_paired_text(targets[0], suites[0].worst, t, s.worst).replace(
+                "paired, same examples:", "paired, same examples, worst over surrogates:"))
+    tables = [r.table.assign(surrogate=name, checkpoint=s.target)
+              for s in suites for name, r in s.per_surrogate.items()]
+    tables += [s.worst.table.assign(surrogate="worst", checkpoint=s.target)
+               for s in suites if s.worst is not None]
+    _write(args, tables, [s.to_dict() for s in suites], drop_checkpoint=len(suites) == 1)
+    return 130 if any(s.cancelled for s in suites) else 0
+
+
+def _write(args, tables, dicts, *, drop_checkpoint: bool) -> None:
+    """--csv: the tables as one CSV (a 'checkpoint' column only with several targets);
+    --json: one object, or a list of them with several."""
+    import json
+
+    import pandas as pd
+    if args.csv:
+        table = pd.concat(tables)
+        (table.drop(columns="checkpoint") if drop_checkpoint else table).to_csv(args.csv, index=False)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dicts[0] if len(dicts) == 1 else dicts, f, indent=1, default=_plain)
 
 
 def _paired_text(name_a, res_a, name_b, res_b) -> str:

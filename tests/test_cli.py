@@ -103,3 +103,39 @@ def test_method_options_reach_the_checkpoint(tmp_path, method, extra, expected):
     params = pc.read_metadata(out)["params"]
     assert {k: params[k] for k in expected} == expected
     assert pc.make_method(method, **params).params == params
+
+
+def test_evaluate_with_two_surrogates(tmp_path, capsys):
+    import shutil
+
+    import pandas as pd
+    for f in ("digits_ens_u", "digits_surrogate", "digits_parl"):
+        shutil.copy2(ROOT / "checkpoints" / f"{f}.safetensors", tmp_path / f"{f}.safetensors")
+    target, s1, s2 = (str(tmp_path / f"digits_{n}.safetensors") for n in ("ens_u", "surrogate", "parl"))
+    rc = main(["evaluate", target, "--surrogate", s1, "--surrogate", s2, "--n", "24", "--steps", "2",
+               "--eps", "0.1,0.3", "--attacks", "fgsm,mi-di", "--quiet", "--csv",
+               str(tmp_path / "o.csv"), "--json", str(tmp_path / "o.json")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "black-box from " + s1 in out and "black-box from " + s2 in out  # per surrogate
+    assert "black-box from 2 surrogates" in out and "the worst over surrogates" in out
+    table = out[out.index("black-box from 2 surrogates"):]
+    assert "digits_surrogate" in table and "digits_parl" in table and "mi-di" in table
+    csv = pd.read_csv(tmp_path / "o.csv")
+    assert set(csv.surrogate) == {"digits_surrogate", "digits_parl", "worst"}
+    assert len(csv[csv.surrogate == "worst"]) == 7  # clean, 2 x (fgsm, mi-di, worst-case)
+    worst = csv[csv.surrogate == "worst"].set_index(["attack", "eps"]).acc
+    each = csv[csv.surrogate != "worst"].groupby(["attack", "eps"]).acc.min()
+    assert (worst <= each.loc[worst.index] + 1e-12).all()
+    import json
+    d = json.loads((tmp_path / "o.json").read_text())
+    assert set(d["per_surrogate"]) == {"digits_surrogate", "digits_parl"} and d["worst"]["table"]
+
+
+def test_evaluate_convergence_flag(tmp_path, capsys):
+    import shutil
+    shutil.copy2(ROOT / "checkpoints" / "digits_ens_u.safetensors", tmp_path / "t.safetensors")
+    rc = main(["evaluate", str(tmp_path / "t.safetensors"), "--n", "24", "--steps", "2", "--eps",
+               "0.1,0.3", "--attacks", "pgd", "--convergence", "--quiet", "--no-cache"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "PGD at ε = 0.3: " in out and "after 2 steps" in out and "after 8" in out

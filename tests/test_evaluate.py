@@ -239,3 +239,46 @@ def test_gradient_free_check_flags_square_beating_every_gradient_attack():
     bad = sanity._check_gradient_free(rows(0.2))
     assert not bad["ok"] and "masking" in bad["detail"] and "apgd-ce" in bad["detail"]
     assert sanity._check_gradient_free(rows(0.52))["ok"]  # within noise of the best
+
+
+def test_shipped_results_keep_their_cache_keys():
+    """New options enter the cache key only when used: every shipped result is still found
+    under the settings it records."""
+    shipped = sorted((CKPT / ".cache").glob("eval_*.json"))
+    if not shipped:
+        pytest.skip("no shipped evaluation results in checkpoints/.cache")
+    for f in shipped:
+        s = json.loads(f.read_text())["settings"]
+        kw = {k: s[k] for k in ("n_examples", "seed", "attacks", "eps", "steps", "step_size",
+                                "restarts", "decay", "early_stop", "loss", "restart_select")}
+        sur = CKPT / Path(s["surrogate"]).name if s.get("surrogate") else None
+        try:
+            key, file = checkpoint_eval._resolve(CKPT / Path(s["checkpoint"]).name, sur,
+                                                 batch_size=None, data_root=None, **kw)
+        except FileNotFoundError as e:
+            pytest.skip(f"the shipped results' dataset is not here: {e}")
+        assert file == f and "convergence" not in key and "mi_di" not in key
+        assert pc.cached_evaluation(CKPT / Path(s["checkpoint"]).name, surrogate=sur, **kw) is not None
+
+
+def test_new_options_enter_the_cache_key_only_when_used(ckpts):
+    target = ckpts / "digits_ens_u.safetensors"
+    args = dict(surrogate=None, n_examples=20, seed=0, attacks=["pgd"], eps=[0.1], steps=2,
+                step_size=None, restarts=1, decay=0.01, early_stop=False, loss="ensemble",
+                batch_size=None, data_root=None)
+    plain = checkpoint_eval._resolve(target, **args)
+    assert checkpoint_eval._resolve(target, **args, convergence=False) == plain
+    conv = checkpoint_eval._resolve(target, **args, convergence=True)
+    assert conv[1] != plain[1] and conv[0]["convergence"] is True
+    midi = checkpoint_eval._resolve(target, **{**args, "attacks": ["pgd", "mi-di"]})
+    assert midi[0]["mi_di"] == {"prob": 0.5, "ratio": 0.1}
+    from parl_core.midi import options
+    with options(prob=0.0):
+        other = checkpoint_eval._resolve(target, **{**args, "attacks": ["pgd", "mi-di"]})
+    assert other[1] != midi[1]  # MI-DI's transform is part of what a result means
+    res = pc.evaluate_checkpoint(target, **{k: v for k, v in args.items() if k not in
+                                            ("batch_size", "data_root")}, convergence=True)
+    assert res.settings["convergence"] is True and pc.cached_evaluation(
+        target, **{k: v for k, v in args.items() if k != "batch_size"}, convergence=True) is not None
+    with pytest.raises(ValueError, match="convergence must be True or False, got 'yes'"):
+        pc.evaluate_checkpoint(target, convergence="yes")
