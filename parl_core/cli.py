@@ -29,6 +29,7 @@ from . import __version__
 from .cli_evaluate import add_evaluate
 from .download import add_data_command
 from .cli_reproduce import add_reproduce_command
+from .cli_import import add_import_command
 from .prepare import add_prepare_command
 from .checkpoints import load_checkpoint, read_metadata, sanitize_name, save_checkpoint
 from .data import DATASETS, TOY_2D, load_dataset
@@ -333,6 +334,7 @@ def main(argv=None) -> int:
     add_data_command(sub)
     add_reproduce_command(sub, common)
     add_prepare_command(sub, common)
+    add_import_command(sub, common)
     args = parser.parse_args(argv)
     threads = getattr(args, "threads", None)
     if threads is not None:

@@ -182,3 +182,36 @@ def test_a_safetensors_file_is_pointed_to_the_checkpoint_upload(tmp_path):
     torch.save({"model": {"not": "tensors"}}, buf)
     with pytest.raises(ValueError, match="no state dict found"):
         import_members([("x.pth", buf.getvalue())], "parl", arch="smallcnn", dataset="digits")
+
+
+def test_cli_import_writes_a_checkpoint(tmp_path, capsys):
+    from parl_core.cli import main
+    refs = _dverge_refs(3)
+    f = _save(tmp_path / "epoch_200.pth", {f"model_{i}": r.state_dict() for i, r in enumerate(refs)})
+    out = tmp_path / "dv.safetensors"
+    assert main(["import", str(f), "--layout", "dverge", "--method", "dverge", "--arch", "resnet20",
+                 "--dataset", "cifar10", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "3 x resnet20 (DVERGE, cifar10) from dverge layout" in text and "(file)" in text
+    ens, meta = pc.load_checkpoint(out)
+    _logits_equal(ens, refs)
+    assert meta["method"] == "dverge"
+    # exists -> refused without --force; --normalize overrides
+    with pytest.raises(SystemExit, match="exists"):
+        main(["import", str(f), "--layout", "dverge", "--method", "dverge", "--out", str(out)])
+    assert main(["import", str(f), "--layout", "dverge", "--method", "dverge", "--out", str(out),
+                 "--force", "--normalize", "0.5,0.5,0.5", "0.25"]) == 0
+    assert pc.read_metadata(out)["model"]["std"] == [0.25] * 3
+    with pytest.raises(SystemExit, match="give --layout"):
+        main(["import", str(f), "--method", "dverge", "--out", str(tmp_path / "x.safetensors")])
+
+
+def test_cli_import_refuses_code_with_a_message(tmp_path, capsys):
+    from parl_core.cli import main
+    marker = tmp_path / "pwned"
+    f = tmp_path / "evil.pth"
+    torch.save({"state_dict": RefResNet20().state_dict(), "x": _evil_payload(marker)}, f)
+    assert main(["import", str(f), "--layout", "trs", "--method", "ce_only",
+                 "--out", str(tmp_path / "e.safetensors")]) == 2
+    assert "refused" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "e.safetensors").exists()
