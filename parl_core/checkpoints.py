@@ -30,8 +30,9 @@ from safetensors.torch import save as st_save
 from . import __version__
 from .ensemble import Ensemble
 from .models import build_model
-from .schema import (FORMAT_VERSION, META_KEY, CheckpointError, check_finite, header_length,
-                     parse_header, validate_metadata)
+from .hooked import build_from_config
+from .schema import (FORMAT_VERSION, HOOKED_ARCH, META_KEY, CheckpointError, check_finite,
+                     header_length, parse_header, validate_metadata)
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_metadata", "file_hash", "FORMAT_VERSION",
            "list_checkpoints", "sanitize_name", "CheckpointError", "validate_metadata"]
@@ -144,11 +145,14 @@ def read_metadata(path) -> dict:
         return _read_header(f, path)[2]
 
 
-def load_checkpoint(path, *, device=None) -> tuple[Ensemble, dict]:
+def load_checkpoint(path, *, device=None, allow_code: bool = False) -> tuple[Ensemble, dict]:
     """Rebuild the ensemble stored at `path`; returns (ens, meta), models in eval mode.
 
     The header is validated first (read_metadata's checks); only then are the weights
-    read, loaded strictly and required finite."""
+    read, loaded strictly and required finite. A member that is a user-defined module
+    (parl_core.hooked) is rebuilt by importing the factory its metadata names, which runs
+    that code: only with allow_code=True (a person's own scripts), never by default (the
+    dashboard); otherwise a CheckpointError names the factory."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
@@ -169,8 +173,13 @@ def load_checkpoint(path, *, device=None) -> tuple[Ensemble, dict]:
         cfg = dict(cfg)
         kw = {k: cfg.pop(k) for k in ("width", "depth") if k in cfg}
         try:
-            m = build_model(cfg["arch"], cfg["num_classes"], cfg["in_channels"],
-                            mean=cfg.get("mean"), std=cfg.get("std"), **kw)
+            if cfg["arch"] == HOOKED_ARCH:
+                m = build_from_config(cfg, allow_code=allow_code)
+            else:
+                m = build_model(cfg["arch"], cfg["num_classes"], cfg["in_channels"],
+                                mean=cfg.get("mean"), std=cfg.get("std"), **kw)
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: member {i}: {e}") from None
         except (KeyError, ValueError) as e:
             raise CheckpointError(f"{path}: member {i} config is invalid ({e})") from e
         prefix = f"member{i}."
