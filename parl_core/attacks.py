@@ -347,7 +347,7 @@ def _run(name, model, x, y, eps, steps, step_size, restarts, decay, seed, bounds
 
 # --------------------------------------------------------------------------- public
 def _effective_restarts(name, restarts) -> int:
-    """Restarts actually run: `restarts` for PGD, APGD and Square; 1 for the deterministic
+    """Restarts actually run: `restarts` for PGD, APGD, Square and MI-DI; 1 for the deterministic
     FGSM, BIM and MIM."""
     return restarts if name in RANDOM_ATTACKS else 1
 
@@ -365,7 +365,7 @@ def attack(name, model, x, y, eps, steps=50, step_size=None, restarts=1, decay=0
     eps: a float -> (N, ...); a list of E floats -> (E, N, ...), crafted in one batched loop.
     steps: iterations of BIM/MIM/PGD/APGD; Square's queries after its first; FGSM: 1.
     step_size: α of BIM/MIM/PGD (default ε/5); ignored by APGD (own schedule) and Square.
-    restarts: random starts of PGD, APGD and Square (seeds `seed`, restart r its own); per
+    restarts: random starts of PGD, APGD and Square, MI-DI's independent diversity draws (seeds `seed`, restart r its own); per
       example the restart that fools the model, and among those (or all, if none does) the
       one with the highest loss, is returned. FGSM, BIM and MIM are deterministic: 1.
     decay: MIM's momentum decay (paper: 0.01).  seed: the random starts.

@@ -229,9 +229,8 @@ def train(ens: Ensemble, train_ds: Dataset, test_ds: Dataset | None = None, *, m
             rec["test_acc"], rec["member_acc"] = evaluate_accuracy(ens, test, device=device)
         rec["r_mean"], rec["r_pairwise"] = mean_pairwise_r(ens, probe, k_eval)
         rec["k_eval"] = k_eval
-        if feature != "pre_bn":  # R also under the definition the loss used (r_mean stays comparable)
-            rec["r_feature"], rec["r_feature_mean"] = feature, mean_pairwise_r(ens, probe, k_eval,
-                                                                               feature=feature)[0]
+        if feature != "pre_bn":  # R also under the loss's definition (params.feature); r_mean stays comparable
+            rec["r_feature_mean"] = mean_pairwise_r(ens, probe, k_eval, feature=feature)[0]
         rec["time"] = time.perf_counter() - t0
         history.append(rec)
         snapshot = _snapshot(ens, opt, history)

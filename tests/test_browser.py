@@ -8,9 +8,9 @@ import pytest
 
 from browser_helpers import act, click_sidebar_link, goto_page
 
-PAGES = {"Home": "PARL Lab", "Train": "Train an ensemble", "Gradients": "Gradients",
+PAGES = {"Home": "PARL Lab", "Lesson": "Lesson", "Train": "Train an ensemble", "Gradients": "Gradients",
          "Diversity": "Diversity: layer-wise CKA", "Robustness": "Robustness under attack",
-         "Checkpoints": "Checkpoints"}
+         "Reproduction": "Reproduction", "Checkpoints": "Checkpoints"}
 CHART = '[data-testid="stPlotlyChart"] .main-svg'
 
 
