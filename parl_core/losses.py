@@ -173,3 +173,6 @@ class PARL:
 
     def __call__(self, ens, x, y):
         return parl_loss(ens, x, y, **self.params)
+
+
+from . import trs as _trs  # noqa: E402,F401  (registers trs; it builds on this module)

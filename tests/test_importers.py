@@ -75,9 +75,9 @@ def test_trs_layout_checkpoint_files(tmp_path):
                    {"epoch": 120, "arch": "cifar_resnet20", "optimizer": opt,
                     "state_dict": {f"module.{k}": v for k, v in r.state_dict().items()}})
              for i, r in enumerate(refs)]
-    ens, meta = import_members(files, "trs", method="gal")
+    ens, meta = import_members(files, "trs", method="trs")
     _logits_equal(ens, refs)
-    assert meta["method"] == "gal" and meta["imported"]["normalize_source"] == ["trs default"] * 3
+    assert meta["method"] == "trs" and meta["imported"]["normalize_source"] == ["trs default"] * 3
     assert ["1.layer3.2.bn2", "blocks.8.bn_b"] in meta["imported"]["renames"]
     with pytest.raises(ValueError, match="--normalize"):
         import_members(files[:1], "trs", dataset="cifar100")
