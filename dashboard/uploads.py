@@ -91,3 +91,34 @@ def delete(path: Path) -> None:
     with RunLock(path, owner="a delete"):  # never under a run that is writing it
         path.unlink()
         resume_path(path).unlink(missing_ok=True)
+
+
+def import_members_upload(files: list[tuple[str, bytes]], name: str, *, layout: str, arch: str,
+                          dataset: str, method: str, normalize=None, overwrite: bool = False,
+                          folder: Path | None = None) -> tuple[Path, dict]:
+    """Member weight files (.pth/.pt uploads, as (file name, bytes)) -> a checkpoint in
+    the folder, through parl_core.importers: torch.load(weights_only=True) only, so a
+    file with code in it is refused and nothing in it runs. User-defined models
+    (`--model` on the command line) are not offered here: they would import code.
+
+    Returns (path, metadata). Raises ValueError saying why a file is refused (too
+    large, code inside, keys that do not map, shapes that do not fit), FileExistsError
+    when the name is taken and overwrite is off, PermissionError in classroom mode."""
+    from parl_core.importers import import_members
+    if config.readonly():
+        raise PermissionError("uploads are off in classroom (read-only) mode")
+    if not files:
+        raise ValueError("choose one or more member files (.pth or .pt)")
+    limit, total = config.max_upload_bytes(), sum(len(d) for _, d in files)
+    if total > limit:
+        raise ValueError(f"the files hold {total / 2**20:.1f} MB; this server accepts up to "
+                         f"{limit / 2**20:.0f} MB (PARL_MAX_UPLOAD_MB)")
+    path = target_path(name, folder)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"a checkpoint named {path.stem!r} already exists")
+    ens, meta = import_members(files, layout, arch, dataset, normalize, method=method)
+    with RunLock(path, owner="an import"):  # a training run reserving or writing the name wins
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"a checkpoint named {path.stem!r} already exists")
+        pc.save_checkpoint(path, ens, meta)  # atomic, with the loader's checks
+    return path, pc.read_metadata(path)

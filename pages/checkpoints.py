@@ -155,6 +155,77 @@ with tab_compare:
             st.info("Choose checkpoints to compare.")
 
 # ------------------------------------------------------------------- upload
+LAYOUT_LABELS = {"dverge": "DVERGE (zjysteven/DVERGE ResNet20)",
+                 "trs": "TRS (AI-secure/Transferability-Reduced-Smooth-Ensemble ResNet20)",
+                 "parl": "PARL Lab state dict (mean/std inside)",
+                 "state-dict": "state dict with the lab's key names"}
+
+
+def _numbers(text: str, what: str):
+    try:
+        return [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ValueError(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+def import_members_section():
+    """Member weight files from other codebases (.pth/.pt) -> a checkpoint, with the same
+    safe loader as `python -m parl_core import` (weights only; code is refused)."""
+    from parl_core.importers import LAYOUTS
+    st.subheader("Import member weights (.pth / .pt)")
+    st.caption("State dicts of models trained elsewhere, one file per member (a DVERGE file may "
+               "hold all members). Files are read as weights only: a file with code in it is "
+               "refused. User-defined models need the command line (`python -m parl_core import "
+               "--model ...`): the server never imports code.")
+    ups = st.file_uploader("Member files", type=["pth", "pt"], accept_multiple_files=True,
+                           key="ck_imp_files")
+    c = st.columns(4)
+    layout = c[0].selectbox("Layout", LAYOUTS, format_func=LAYOUT_LABELS.get, key="ck_imp_layout")
+    fixed = layout in ("dverge", "trs")
+    arch = c[1].selectbox("Architecture", ["resnet20"] if fixed else list(pc.ARCHS), key="ck_imp_arch",
+                          help="The DVERGE and TRS layouts are ResNet20s.")
+    dataset = c[2].selectbox("Dataset", pc.DATASETS, index=pc.DATASETS.index("cifar10"), key="ck_imp_data")
+    method = c[3].selectbox("Trained with", sorted(pc.METHODS), index=None, format_func=pc.method_label,
+                            placeholder="choose the method", key="ck_imp_method",
+                            help="Recorded for labels only; nothing is trained.")
+    n = st.columns(2)
+    mean = n[0].text_input("Normalisation mean (comma-separated)", key="ck_imp_mean",
+                           placeholder="empty: from the file, else the layout's")
+    std = n[1].text_input("Normalisation std (comma-separated)", key="ck_imp_std",
+                          placeholder="empty: from the file, else the layout's")
+    first = ups[0].name.rsplit(".", 1)[0] if ups else ""
+    name = st.text_input("Save as", value=first, key="ck_imp_name")
+    overwrite = st.checkbox("overwrite if it exists", key="ck_imp_over")
+    if not st.button("Import members", disabled=not ups or method is None, key="ck_imp_go",
+                     icon=":material/input:"):
+        return
+    try:
+        norm = None
+        if mean.strip() or std.strip():
+            norm = (_numbers(mean, "the mean"), _numbers(std, "the std"))
+        saved, meta = uploads.import_members_upload([(u.name, u.getvalue()) for u in ups], name or first,
+                                                    layout=layout, arch=arch, dataset=dataset,
+                                                    method=method, normalize=norm, overwrite=overwrite)
+    except FileExistsError as e:
+        ui.show_error("Not imported", e, "Choose another name or tick *overwrite if it exists*.")
+        return
+    except (CheckpointError, ValueError, PermissionError) as e:
+        ui.show_error("These files were refused", e, "Check the layout, architecture and dataset, "
+                      "or save the models' `state_dict()` (not the model objects).")
+        return
+    imp, cfg = meta["imported"], meta["model"]
+    st.success(f"Imported `{saved.name}`: {meta['members']} x {cfg['arch']} "
+               f"({pc.method_label(method)}, {dataset}); normalisation mean "
+               f"{[round(v, 4) for v in cfg['mean']]}, std {[round(v, 4) for v in cfg['std']]} "
+               f"({', '.join(sorted(set(imp['normalize_source'])))}).")
+    st.dataframe(pd.DataFrame(imp["files"]), key="ck_imp_files_tbl", hide_index=True)
+    st.dataframe(pd.DataFrame(imp["renames"], columns=["in the file", "in the lab model"]),
+                 key="ck_imp_map", hide_index=True)
+    st.caption(f"{len(imp['renames'])} modules mapped (every tensor's shape checked)"
+               + (f"; {imp['filled_counters']} missing batch-norm counters set to 0"
+                  if imp["filled_counters"] else "") + ".")
+
+
 with tab_upload:
     if tab_upload.open:  # only the chosen tab is computed
         if ro:
@@ -174,3 +245,4 @@ with tab_upload:
                 except (CheckpointError, ValueError, PermissionError) as e:
                     ui.show_error("This file was refused", e, "Upload a checkpoint written by PARL Lab "
                                   "(`python -m parl_core train` or the Train page).")
+            import_members_section()
