@@ -122,6 +122,9 @@ def _add_train(sub, common):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: batch norm over the global batch (SyncBatchNorm, CUDA); "
+                        "default: each process's shard")
     p.add_argument("--no-augment", action="store_true", help="no crop/flip on CIFAR")
     p.add_argument("--init", default=None, metavar="CKPT",
                    help="start from this checkpoint's weights (DVERGE's warm start: a trained ENS_U)")
@@ -180,6 +183,13 @@ def cmd_train(args) -> int:
         out = out.with_name(sanitize_name(out.name) + ".safetensors")
     resume_file = _resume_path(out)
     settings = _run_settings(args, params)
+    from .distributed import from_env
+    ctx = from_env(args.device)  # torchrun: this process's rank; None: one process
+    main = ctx is None or ctx.is_main
+    if ctx is not None:
+        ctx.check_batch(args.batch_size)
+    elif args.sync_bn:
+        raise SystemExit("--sync-bn applies to data-parallel training: start the command with torchrun")
     from .resume_state import ResumeStateError, load_resume_state, save_resume_state
     from .runlock import RunLock, RunLockedError
     resume = None
@@ -198,9 +208,9 @@ def cmd_train(args) -> int:
     elif out.exists() and not args.force:
         raise SystemExit(f"{out} exists: pass --force to overwrite, --resume to continue it, "
                          "or choose another --out")
-    lock = RunLock(out, owner="python -m parl_core train")  # one live run per --out
+    lock = RunLock(out, owner="python -m parl_core train")  # one live run per --out (rank 0's)
     try:
-        lock.acquire()
+        lock.acquire() if main else None
     except RunLockedError as e:
         raise SystemExit(f"--out: {e}") from None
     train_ds = load_dataset(args.dataset, "train", args.data_root)
@@ -223,30 +233,41 @@ def cmd_train(args) -> int:
     meta_kw = dict(method=args.method, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
                    lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule, augment=not args.no_augment,
                    train_subset=args.train_subset, command=command, init=args.init)
-    prog = Progress("train", quiet=args.quiet)
+    prog = Progress("train", quiet=args.quiet or not main)
     stop = threading.Event()
 
     def on_progress(ev):
         _show_progress(prog, ev)
         if ev["event"] == "epoch":  # save every finished epoch: nothing finished is ever lost
+            # the resume state first (atomic: temp file, fsync, rename): killed between the two
+            # writes, the checkpoint is one epoch behind and --resume still continues
+            save_resume_state(resume_file, settings, ev["state"])
             save_checkpoint(out, ens, training_meta(train_ds, ev["state"]["history"],
                                                     params=params_used, **meta_kw))
-            save_resume_state(resume_file, settings, ev["state"])  # atomic: temp file, fsync, rename
 
     from .losses import make_method
     params_used = dict(make_method(args.method, **params).params)
     if params_used.get("layers", 0) is None:
         params_used["layers"] = min(7, min(m.num_layers for m in ens.members))
+    # Ctrl-C, and the SIGTERM torchrun sends its workers, stop after the last finished epoch
     old = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    old_term = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         hist = train(ens, train_ds, test_ds, method=args.method, epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, seed=args.seed,
                      device=args.device, augment=None if not args.no_augment else False, amp=args.amp,
-                     eval_size=args.eval_size or None, on_progress=on_progress, cancel=stop,
-                     resume=resume, weight_decay=args.weight_decay, **params)
+                     eval_size=args.eval_size or None, on_progress=on_progress if main else None,
+                     cancel=stop, resume=resume, weight_decay=args.weight_decay, distributed=ctx,
+                     sync_bn=args.sync_bn, **params)
     finally:
         signal.signal(signal.SIGINT, old)
+        signal.signal(signal.SIGTERM, old_term)
         prog.close()
+        if ctx is not None:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+    if not main:  # rank 0 saved every epoch and reports
+        return 130 if hist.cancelled else 0
     if hist.cancelled:
         print(f"interrupted after {len(hist)} finished epoch(s); {out} holds epoch {len(hist)}. "
               f"Continue with the same command and --resume.", file=sys.stderr)

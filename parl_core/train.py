@@ -133,7 +133,8 @@ def train(ens: Ensemble, train_ds: Dataset, test_ds: Dataset | None = None, *, m
           epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, schedule: str = "cosine",
           seed: int = 0, device=None, augment: bool | None = None, amp: bool = False,
           probe_size: int = 256, eval_size: int | None = 2000, on_progress=None, cancel=None,
-          resume: dict | None = None, weight_decay: float = 0.0, **method_params) -> History:
+          resume: dict | None = None, weight_decay: float = 0.0, distributed=None, sync_bn: bool = False,
+          **method_params) -> History:
     """Train `ens` in place with one of the registered methods; returns the History.
 
     Adam (lr 1e-3, the paper's optimiser), learning rate per epoch by `schedule`:
@@ -146,13 +147,20 @@ def train(ens: Ensemble, train_ds: Dataset, test_ds: Dataset | None = None, *, m
     examples for every run, and R/K on the first `probe_size` of them. `cancel` is
     a threading.Event or a callable; when it fires, the weights are restored to the
     last finished epoch and History.cancelled is True. `resume` is a History.state from
-    an interrupted run with the same settings.
+    an interrupted run with the same settings. `distributed`: a
+    `parl_core.distributed.DistContext` (torchrun) to train data-parallel, each process on
+    a shard of every batch (see that module for why the result stays exact); `sync_bn`
+    then synchronises batch norm (CUDA). Every process must call train with the same
+    arguments.
     """
     _validate(ens, train_ds, epochs, batch_size, lr, schedule)
     if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
         raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
     loss_fn = make_method(method, **method_params)
     feature = loss_fn.params.get("feature", "pre_bn")
+    if distributed is not None:
+        distributed.check_batch(batch_size)
+        device = distributed.device
     device = torch.device(device) if device is not None else default_device()
     ens.to(device)
     augment = train_ds.name.startswith("cifar") if augment is None else augment
@@ -166,6 +174,8 @@ def train(ens: Ensemble, train_ds: Dataset, test_ds: Dataset | None = None, *, m
     if loss_fn.params.get("layers", 0) is None:  # record the K actually used
         loss_fn.params["layers"] = k_eval
     opt = torch.optim.Adam(ens.parameters(), lr=lr, weight_decay=weight_decay)
+    step_loss = (distributed.wrap(ens, loss_fn, sync_bn=sync_bn) if distributed is not None
+                 else (lambda x, y: loss_fn(ens, x, y)))
     history, start_epoch = History(), 0
     if resume is not None:
         ens.load_state_dict(resume["model"])
@@ -194,26 +204,32 @@ def train(ens: Ensemble, train_ds: Dataset, test_ds: Dataset | None = None, *, m
         order = torch.randperm(n, generator=gen).to(device)
         sums, correct, seen, voted = {}, 0, 0, False
         for s in range(steps):
-            if stop():
+            if distributed.any(stop()) if distributed is not None else stop():
                 cancelled = True
                 break
             idx = order[s * batch_size:(s + 1) * batch_size]
             x, y = xs[idx], ys[idx]
-            if augment:
+            if augment:  # the whole batch, as one process would: then this process's shard
                 x = augment_batch(x, generator=gen)
+            if distributed is not None:
+                x, y = distributed.shard(x), distributed.shard(y)
             with autocast:
-                loss, parts = loss_fn(ens, x, y)
+                loss, parts = step_loss(x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             scal = {"loss": loss.item()}
             scal.update({k: v.item() for k, v in parts.items() if v.dim() == 0})
+            hit = (Ensemble.vote(parts["logits"]) == y).sum().item() if "logits" in parts else 0
+            if distributed is not None:  # the global batch's numbers, the same on every process
+                *vals, hit = distributed.total([*scal.values(), hit])
+                scal = {k: v / distributed.world_size for k, v in zip(scal, vals)}
             for k, v in scal.items():
                 sums[k] = sums.get(k, 0.0) + v
             if "logits" in parts:
                 voted = True
-                correct += (Ensemble.vote(parts["logits"]) == y).sum().item()
-            seen += len(y)
+                correct += int(hit)
+            seen += len(y) * (distributed.world_size if distributed is not None else 1)
             g_step = epoch * steps + s + 1
             done = g_step - start_epoch * steps
             el = time.perf_counter() - t_run
