@@ -113,3 +113,15 @@ def test_the_dashboard_never_imports_a_user_models_factory(private_checkpoints, 
     with pytest.raises(pc.checkpoints.CheckpointError, match="evil_factory_xyz:make.*never imports user code"):
         cache.load_ensemble(path)
     assert not marker.exists() and "evil_factory_xyz" not in sys.modules
+
+
+@pytest.mark.parametrize("page", ["pages/gradients.py", "pages/diversity.py", "pages/robustness.py"])
+def test_an_imported_dverge_ensemble_opens_on_the_analysis_pages(private_checkpoints, tmp_path, page):
+    from parl_core.importers import import_members
+    _, data = _dverge_file(tmp_path, 3)
+    ens, meta = import_members([("epoch_200.pth", data)], "dverge", method="dverge")
+    pc.save_checkpoint(private_checkpoints / "dverge_imported.safetensors", ens, meta)
+    at = open_page(page, query={"checkpoint": "dverge_imported"})
+    assert not at.error, [e.value for e in at.error]
+    if page == "pages/gradients.py":  # its top row shows the imported members
+        assert at.selectbox[0].label.startswith("Top row") and at.selectbox[0].value == "dverge_imported"
