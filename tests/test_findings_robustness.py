@@ -4,7 +4,7 @@ other surrogates change nothing."""
 import pandas as pd
 import pytest
 
-from dashboard import findings
+from dashboard import findings_masking as findings
 
 
 def _table(first, second, worst, weakest):
