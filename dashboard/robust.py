@@ -17,6 +17,8 @@ from collections import OrderedDict
 import streamlit as st
 
 import parl_core as pc
+from parl_core.attacks import RANDOM_ATTACKS
+from parl_core.diagnostics import FACTOR
 
 from . import cache, compute, config
 
@@ -61,6 +63,12 @@ DEFAULTS = {
 }
 CPU_DEFAULTS = {"attacks": ["fgsm", "pgd"], "steps": 10, "restarts": 1, "n": 200}  # seconds on digits
 GPU_DEFAULTS = {"attacks": list(pc.ATTACKS), "steps": 50, "restarts": 1, "n": 1000}
+ATTACK_HELP = ("The paper's four — FGSM: one step of ε. BIM: many small steps. MIM: BIM with momentum. "
+               "PGD: BIM from a random start, with restarts. Beside them — APGD-CE / APGD-DLR: "
+               "AutoAttack's PGD with its own step-size schedule, on cross-entropy / on the DLR margin. "
+               "Square: gradient-free random search (a masking check: it should not beat the gradient "
+               "attacks). MI-DI: MIM through a random resize-and-pad of the image at each step (Xie et "
+               "al. 2019), a transfer attack made not to over-fit the surrogate.")
 PAPER = {"attacks": list(pc.ATTACKS), "steps": 50, "restarts": 10, "n": 1000}  # Section 5.1
 
 
@@ -76,16 +84,22 @@ def per255(dataset: str) -> bool:
 
 
 # --------------------------------------------------------------------------- estimates
-def attack_work(attacks, eps, steps: int, restarts: int, n: int) -> int:
+def attack_work(attacks, eps, steps: int, restarts: int, n: int, convergence: bool = False) -> int:
     """Attack steps of one crafting (example × step): Σ over attacks of its steps (FGSM:
-    1) × its restarts (PGD only) × |ε| × n."""
-    return sum((1 if a == "fgsm" else steps) * (restarts if a == "pgd" else 1) * len(eps) * n
+    1; Square: its queries) × its restarts (the random attacks: PGD, APGD, Square, MI-DI)
+    × |ε| × n; with the "more steps" check, PGD at the largest ε with 4× the steps too
+    (and with the evaluation's steps when PGD is not among the attacks)."""
+    work = sum((1 if a == "fgsm" else steps) * (restarts if a in RANDOM_ATTACKS else 1) * len(eps) * n
                for a in attacks)
+    if convergence:
+        work += (FACTOR * steps + (0 if "pgd" in attacks else steps)) * restarts * n
+    return work
 
 
-def adversarial_rows(attacks, eps, restarts: int, n: int) -> int:
+def adversarial_rows(attacks, eps, restarts: int, n: int, convergence: bool = False) -> int:
     """Adversarial examples one crafting produces (each is scored on every target)."""
-    return sum((restarts if a == "pgd" else 1) * len(eps) * n for a in attacks)
+    rows = sum((restarts if a in RANDOM_ATTACKS else 1) * len(eps) * n for a in attacks)
+    return rows + ((1 if "pgd" in attacks else 2) * restarts * n if convergence else 0)
 
 
 def duration(seconds: float) -> str:
@@ -97,14 +111,15 @@ def duration(seconds: float) -> str:
 
 
 def estimate(missing: dict, surrogate, dataset: str, *, attacks, eps, steps: int, restarts: int,
-             n: int) -> str:
+             n: int, convergence: bool = False) -> str:
     """The work and the time still to do, as a sentence. missing: {target name: Ref} not
     computed yet; surrogate: its Ref in black-box mode (one crafting for every missing
     target), None in white-box mode (one crafting per target). Time: the work times one
     attack step per example, timed on this machine, plus a forward pass of every scored
-    model (each target; in black-box mode the surrogate too) per adversarial example."""
-    work = attack_work(attacks, eps, steps, restarts, n)
-    rows = adversarial_rows(attacks, eps, restarts, n)
+    model (each target; in black-box mode the surrogate too) per adversarial example.
+    convergence: the "more steps" check is part of it (PGD at the largest ε, 4× the steps)."""
+    work = attack_work(attacks, eps, steps, restarts, n, convergence)
+    rows = adversarial_rows(attacks, eps, restarts, n, convergence)
     t = lambda r, what: compute.seconds_per_example(r, dataset, what)  # noqa: E731
     if surrogate is not None:
         runs, timed = 1, surrogate
@@ -116,7 +131,9 @@ def estimate(missing: dict, surrogate, dataset: str, *, attacks, eps, steps: int
         seconds = sum(work * t(r, "step") + rows * t(r, "forward") for r in missing.values())
         how = "crafted on each ensemble itself" if runs > 1 else "crafted on the ensemble itself"
     return (f"Not computed yet for {', '.join(missing)}: {runs * work:,} attack steps ({how}; "
-            f"Σ over attacks of steps × restarts × {len(eps)} ε × {n:,} examples), "
+            f"Σ over attacks of steps × restarts × {len(eps)} ε × {n:,} examples"
+            + (f", and PGD at the largest ε with {FACTOR}× the steps for the convergence check"
+               if convergence else "") + "), "
             f"**about {duration(seconds)} on this machine** (timed here: one attack step took "
             f"{1000 * t(timed, 'step'):.2g} ms per example). Results are cached beside the "
             "checkpoint and shown at once next time.")
