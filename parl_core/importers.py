@@ -53,7 +53,7 @@ from pathlib import Path
 
 import torch
 
-from .data import DATASETS, TOY_2D
+from .data import DATASETS
 from .ensemble import Ensemble
 from .models import build_model
 from .schema import IMAGE_SETS, IMPORT_LAYOUTS
@@ -223,7 +223,7 @@ def _infer_kwargs(arch: str, mapped: dict) -> dict:
 def _build_member(label, mapped, origin, unknown, arch, num_classes, in_channels, mean, std):
     """The lab model with `mapped` loaded; ValueError listing unknown, missing and
     mis-shaped tensors (source names, with the lab name they map to)."""
-    kw = _infer_kwargs(arch, mapped) if arch != "resnet20" else {}
+    kw = _infer_kwargs(arch, mapped)
     try:
         model = build_model(arch, num_classes, in_channels, mean=mean, std=std, **kw)
     except ValueError as e:

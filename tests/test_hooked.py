@@ -132,7 +132,7 @@ def test_import_module_members_and_the_cli(tmp_path, capsys):
     assert main(["import", *map(str, files), "--model", FACTORY, "--dataset", "digits",
                  "--method", "ce_only", "--normalize", "0.3", "0.4", "--out", str(out)]) == 0
     assert "factory import_helpers:make_user_net, layers features.0, features.3, head" in capsys.readouterr().out
-    back, meta2 = pc.load_checkpoint(out, allow_code=True)
+    back, _ = pc.load_checkpoint(out, allow_code=True)
     assert back.members[0].config["std"] == pytest.approx([0.4])
     with pytest.raises(SystemExit, match="drop --layout"):
         main(["import", str(files[0]), "--model", FACTORY, "--layout", "dverge", "--method", "ce_only",

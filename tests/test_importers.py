@@ -123,7 +123,7 @@ def test_unknown_missing_and_misshapen_keys_are_listed(tmp_path):
 def test_missing_counters_are_filled_and_junk_is_refused(tmp_path):
     ref = randomise(RefResNet20(), 3)
     sd = {k: v for k, v in ref.state_dict().items() if not k.endswith("num_batches_tracked")}
-    ens, meta = import_members([_save(tmp_path / "old.pth", sd)], "trs")
+    _, meta = import_members([_save(tmp_path / "old.pth", sd)], "trs")
     assert meta["imported"]["filled_counters"] == 21  # 19 BN + 2 shortcut BN
     (tmp_path / "junk.pth").write_bytes(b"not a torch file at all")
     with pytest.raises(ValueError, match="junk.pth: cannot be read"):
@@ -169,7 +169,7 @@ def test_parl_and_state_dict_layouts(tmp_path):
     with pytest.raises(ValueError, match="'parl' state dict holds 'mean' and 'std'"):
         import_members([g], "parl", arch="smallcnn", dataset="digits")
     # uploads arrive as (name, bytes)
-    ens3, meta3 = import_members([("up.pth", f.read_bytes())], "parl", arch="smallcnn", dataset="digits")
+    _, meta3 = import_members([("up.pth", f.read_bytes())], "parl", arch="smallcnn", dataset="digits")
     assert meta3["imported"]["files"][0]["name"] == "up.pth"
 
 
