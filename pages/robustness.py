@@ -8,7 +8,7 @@ import streamlit as st
 import parl_core as pc
 import parl_core.plots as pp
 
-from dashboard import cache, compute, findings, robust, state, ui
+from dashboard import cache, compute, findings, robust, robust_suite, state, ui
 
 state.through_app()
 
@@ -41,12 +41,12 @@ def paper_defaults():
 # ------------------------------------------------------------------- settings
 for name in ("attacks", "steps", "restarts", "n"):
     state.default(key(name), opening[name])
+state.default(key("convergence"), False)
 st.session_state[key("n")] = min(st.session_state[key("n")], n_test)  # the test set changed
 grid = pc.default_eps_grid(dataset)
 c = st.columns([2, 3, 2])
-attacks = c[0].multiselect("Attacks", list(pc.ATTACKS), key=key("attacks"),
-                           format_func=str.upper, help="FGSM: one step of ε. BIM: many small steps. "
-                           "MIM: BIM with momentum. PGD: BIM from a random start, with restarts.")
+attacks = c[0].multiselect("Attacks", list(pc.ALL_ATTACKS), key=key("attacks"), format_func=str.upper,
+                           help=robust.ATTACK_HELP)
 state.default(f"{K}rb_eps_{dataset}", ", ".join(f"{e:g}" for e in grid))
 eps_text = c[1].text_input("ε grid (pixel units, comma-separated)", key=f"{K}rb_eps_{dataset}",
                            help=f"Default for {dataset}: {grid}. The paper's CIFAR grid is 0.01 … 0.07 "
@@ -87,17 +87,33 @@ if not attacks:
 cmp_opts = [n for n in same if n not in (active.stem, surrogate)]
 state.default(f"{K}rb_cmp_{active.stem}", [state.counterpart(active.stem, dataset)])
 state.default_choice(f"{K}rb_cmp_{active.stem}", cmp_opts, [])
-compare = st.multiselect("Also show (same settings, computed too)", cmp_opts, key=f"{K}rb_cmp_{active.stem}")
+c = st.columns([3, 3, 2] if surrogate else [3, 2], vertical_alignment="bottom")
+compare = c[0].multiselect("Also show (same settings, computed too)", cmp_opts, key=f"{K}rb_cmp_{active.stem}")
+extra = []
+if surrogate:
+    more_opts = [s for s in sur_opts if s != surrogate]
+    state.default_choice(f"{K}rb_more_{active.stem}", more_opts, [])
+    extra = c[1].multiselect("Also attack from", more_opts, key=f"{K}rb_more_{active.stem}",
+                             help="More surrogates of this dataset: the active ensemble is attacked from each, "
+                                  "and an example counts as robust only if no surrogate's example fools it "
+                                  "(the worst over surrogates). Other seeds, another architecture and the "
+                                  "defence itself make the strongest set.")
+converge = c[-1].checkbox(f"Check convergence ({robust_suite.FACTOR}× steps)", key=key("convergence"),
+                          help=f"Masking check: PGD at the largest ε again with {robust_suite.FACTOR}× the steps on "
+                               "the same examples; more steps must not leave more examples robust (exact McNemar "
+                               "test). Part of the settings: computed and cached as its own evaluation.")
 targets = [active.stem, *compare]
 kw = dict(n_examples=int(n), seed=0, attacks=list(attacks), eps=eps, steps=int(steps),
-          restarts=int(restarts), surrogate=str(paths[surrogate]) if surrogate else None)
+          restarts=int(restarts), surrogate=str(paths[surrogate]) if surrogate else None,
+          **({"convergence": True} if converge else {}))
 
 results = {t: robust.lookup(paths[t], kw) for t in targets}
 missing = [t for t, r in results.items() if r is None]
 if missing:
     st.markdown(robust.estimate({t: compute.ref(paths[t]) for t in missing},
                                 compute.ref(paths[surrogate]) if surrogate else None, dataset,
-                                attacks=attacks, eps=eps, steps=int(steps), restarts=int(restarts), n=int(n)))
+                                attacks=attacks, eps=eps, steps=int(steps), restarts=int(restarts), n=int(n),
+                                convergence=converge))
     if st.button("Run the evaluation", type="primary", icon=":material/play_arrow:", key="rb_go"):
         if robust.run(paths, missing, kw):
             st.rerun()  # draw the page again from the cache, without the button
@@ -130,10 +146,15 @@ st.caption("Scale: " + "; ".join(findings.scale_note(t, cache.metadata(paths[t])
                                   for t in targets + ([surrogate] if surrogate else [])) + ".")
 for w in res.warnings:
     st.warning(w, icon=":material/warning:")
-with st.expander("Sanity checks"):
-    for chk in getattr(res, "checks", []):
-        mark = ":material/check_circle:" if chk["ok"] else ":material/warning:"
-        st.markdown(f"{mark} **{chk['check']}** — {chk['detail']}")
+suite = robust_suite.find_suite(active.stem, paths, [surrogate, *extra], kw) if extra else None
+check_sur = surrogate or st.session_state.get(f"{K}rb_sur", sur_default)
+check_sur = check_sur if check_sur in sur_opts else sur_default
+robust_suite.show_checks({label[t]: results[t] for t in targets},
+                         robust_suite.white_black_lines(active.stem, paths[active.stem], kw, check_sur,
+                                                        paths[check_sur] if check_sur else None,
+                                                        suite[0] if suite else None), converge)
+if suite:
+    robust_suite.show_suite(active.stem, paths, suite, kw, dataset, p255, prov)
 
 st.subheader("Table 1 row")
 e_sel = st.select_slider("ε", eps, value=eps[len(eps) // 2], key=f"rb_eps_row_{dataset}", format_func=eps_label)
