@@ -34,16 +34,15 @@ def not_converged(chk: dict) -> bool:
 
 
 def checks_headline(checks) -> str:
-    """'all 5 pass' or '2 of 5 fail (more steps, ...)', for the sanity checks' title, with
-    a note when the "more steps" check found the attack not converged."""
+    """'all 5 pass' or '2 of 5 fail', short for the sanity checks' title (the lines inside
+    name them), with ', not converged' when the "more steps" check found the attack not
+    converged."""
     checks = list(checks)
     if not checks:
         return "none recorded"
     bad = [c["check"] for c in checks if not c["ok"]]
-    note = "; the attack has not converged (more steps fool more)" if any(map(not_converged, checks)) else ""
-    if not bad:
-        return f"all {len(checks)} pass{note}"
-    return f"{len(bad)} of {len(checks)} fail ({', '.join(dict.fromkeys(bad))}){note}"
+    note = ", not converged" if any(map(not_converged, checks)) else ""
+    return f"all {len(checks)} pass{note}" if not bad else f"{len(bad)} of {len(checks)} fail{note}"
 
 
 def white_black_text(check: dict | None, target: str, surrogate: str | None,

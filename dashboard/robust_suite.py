@@ -179,7 +179,7 @@ def show_checks(results: dict, extra: list, convergence: bool) -> None:
         [c for c, _ in extra if c is not None]
     failing = any(not c["ok"] or findings.not_converged(c) for c in checks)
     head = findings.checks_headline(checks)
-    with st.expander(f"Sanity checks (masking diagnostics) — {head}", expanded=failing):
+    with st.expander(f"Sanity checks — {head}", expanded=failing):
         for label, r in results.items():
             if len(results) > 1:
                 st.markdown(f"**{label}**")
