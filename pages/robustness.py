@@ -87,18 +87,18 @@ if not attacks:
 cmp_opts = [n for n in same if n not in (active.stem, surrogate)]
 state.default(f"{K}rb_cmp_{active.stem}", [state.counterpart(active.stem, dataset)])
 state.default_choice(f"{K}rb_cmp_{active.stem}", cmp_opts, [])
-c = st.columns([3, 3, 2] if surrogate else [3, 2], vertical_alignment="bottom")
-compare = c[0].multiselect("Also show (same settings, computed too)", cmp_opts, key=f"{K}rb_cmp_{active.stem}")
+compare = st.multiselect("Also show (same settings, computed too)", cmp_opts, key=f"{K}rb_cmp_{active.stem}")
+c = st.columns(2, vertical_alignment="bottom")  # half the width each: nothing cut at 1024x768
 extra = []
 if surrogate:
     more_opts = [s for s in sur_opts if s != surrogate]
     state.default_choice(f"{K}rb_more_{active.stem}", more_opts, [])
-    extra = c[1].multiselect("Also attack from", more_opts, key=f"{K}rb_more_{active.stem}",
+    extra = c[0].multiselect("Also attack from", more_opts, key=f"{K}rb_more_{active.stem}",
                              help="More surrogates of this dataset: the active ensemble is attacked from each, "
                                   "and an example counts as robust only if no surrogate's example fools it "
                                   "(the worst over surrogates). Other seeds, another architecture and the "
                                   "defence itself make the strongest set.")
-converge = c[-1].checkbox(f"Check convergence ({robust_suite.FACTOR}× steps)", key=key("convergence"),
+converge = c[1 if surrogate else 0].checkbox(f"Check convergence ({robust_suite.FACTOR}× steps)", key=key("convergence"),
                           help=f"Masking check: PGD at the largest ε again with {robust_suite.FACTOR}× the steps on "
                                "the same examples; more steps must not leave more examples robust (exact McNemar "
                                "test). Part of the settings: computed and cached as its own evaluation.")
@@ -178,15 +178,15 @@ st.download_button("Full table (CSV)", res.table.to_csv(index=False), f"robustne
 # ------------------------------------------------------------------- members
 st.subheader("Transferability between members")
 shown = targets[:2]  # the active ensemble and the first one compared, side by side
-c = st.columns(3)
+c = st.columns(2)
 t_attack = c[0].selectbox("Attack", list(attacks), format_func=str.upper, key="rb_t_attack")
 t_eps = c[1].select_slider("ε ", eps, value=eps[-1], key="rb_t_eps", format_func=eps_label)
 t_n = min(int(n), 200)
 t_keys = {t: ("transfer", compute.ref(paths[t]), dataset, t_n, t_attack, t_eps, int(steps)) for t in shown}
 matrices = {t: compute.stored(k) for t, k in t_keys.items()}
 todo = [t for t, m in matrices.items() if m is None]
-if todo and c[2].button("Compute the matrix" if len(todo) == 1 else "Compute the matrices", key="rb_t_go",
-                        icon=":material/grid_on:"):
+if todo and st.button("Compute the matrix" if len(todo) == 1 else "Compute the matrices", key="rb_t_go",
+                      icon=":material/grid_on:"):  # its own row: the label stays whole at 1024x768
     with st.spinner("Attacking each member and scoring the others…"):
         sub = compute.evaluation_examples(dataset, t_n)
         for t in todo:
