@@ -23,4 +23,7 @@ from .stats import paired_comparison, paired_difference  # noqa: E402
 from .surrogates import transfer_suite, worst_over_surrogates, SurrogateSuite  # noqa: E402
 from .diagnostics import step_convergence, white_below_black  # noqa: E402
 from .midi import mi_di  # noqa: E402
+from .importers import import_members  # noqa: E402
+from .hooked import HookedModel, import_module_members  # noqa: E402
+from .trs import trs_loss  # noqa: E402
 from .playground import PlaygroundConfig, PlaygroundSession, playground_methods  # noqa: E402

@@ -24,12 +24,16 @@ in train mode a BatchNorm1d couples the examples of a batch.
 
 Checkpoints name the factory ("package.module:function", called with no arguments)
 and the layers in the member config; `build_from_config` imports the factory only when
-the caller passes allow_code=True (parl_core.checkpoints.load_checkpoint). Importing a
-module runs its code, so the dashboard never does.
+the caller passes allow_code=True (parl_core.checkpoints.load_checkpoint), or when the
+person running the process allow-lists it: PARL_MODEL_FACTORIES="pkg.mod:fn,other.mod:fn"
+(exact names; nothing else is ever imported). Importing a module runs its code, so a file
+can name a factory but never make a server import one that its operator did not list: this
+is how such ensembles open in the dashboard.
 """
 from __future__ import annotations
 
 import importlib
+import os
 import re
 
 import torch
@@ -177,17 +181,26 @@ def hooked_model(factory: str, layers=None, *, num_classes: int, in_channels: in
                        mean=mean, std=std, factory=factory)
 
 
+def allowed_factories() -> set[str]:
+    """The factories this process may import to open a checkpoint: the exact
+    "module:function" names in PARL_MODEL_FACTORIES (comma-separated), set by whoever starts
+    the process."""
+    names = {n.strip() for n in os.environ.get("PARL_MODEL_FACTORIES", "").split(",") if n.strip()}
+    return {n for n in names if re.fullmatch(FACTORY_PATTERN, n)}
+
+
 def build_from_config(cfg: dict, *, allow_code: bool = False) -> HookedModel:
     """Rebuild a hooked member from its checkpoint config. Importing the factory runs
     code, so it happens only with allow_code=True; otherwise, and when the factory
     cannot be imported, a CheckpointError names the factory."""
     factory = cfg.get("factory")
-    if not allow_code:
+    if not (allow_code or factory in allowed_factories()):
         raise CheckpointError(
             f"this ensemble is a user-defined model built by {factory!r}; opening it would import "
-            "and run that code, which is not allowed here (the dashboard never imports user code; "
-            "in your own Python use load_checkpoint(path, allow_code=True) where that module is "
-            "importable)")
+            "and run that code, which this process has not been allowed to do. Where that module is "
+            f"importable: start the dashboard or command with PARL_MODEL_FACTORIES={factory} (an "
+            "allow-list of exact factory names), or in your own Python use "
+            "load_checkpoint(path, allow_code=True)")
     try:
         return hooked_model(factory, cfg["layers"], num_classes=cfg["num_classes"],
                             in_channels=cfg["in_channels"], mean=cfg.get("mean"), std=cfg.get("std"))

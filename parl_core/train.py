@@ -23,6 +23,7 @@ exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import time
 from contextlib import nullcontext
@@ -198,8 +199,11 @@ def train(ens: Ensemble, train_ds: Dataset, test_ds: Dataset | None = None, *, m
         cur_lr = _lr_at(schedule, lr, epoch, epochs)
         for g in opt.param_groups:
             g["lr"] = cur_lr
-        if hasattr(loss_fn, "start_epoch"):
-            loss_fn.start_epoch(ens, epoch, gen, train_ds)
+        if hasattr(loss_fn, "start_epoch"):  # methods with per-epoch state (DVERGE, TRS's ε ramp)
+            if "epochs" in inspect.signature(loss_fn.start_epoch).parameters:
+                loss_fn.start_epoch(ens, epoch, gen, train_ds, epochs=epochs)
+            else:
+                loss_fn.start_epoch(ens, epoch, gen, train_ds)
         ens.train()
         order = torch.randperm(n, generator=gen).to(device)
         sums, correct, seen, voted = {}, 0, 0, False
