@@ -1,4 +1,4 @@
-"""The five methods side by side on the shipped digits checkpoints (issue 6's closing table).
+"""The six methods side by side on the shipped digits checkpoints (issues 6 and 15).
 
 For each checkpoint: clean accuracy (majority vote, full test split), mean pairwise
 cosine of the members' loss gradients ∇x CE (eval mode, true labels, mean over pairs
@@ -20,7 +20,7 @@ import torch
 import parl_core as pc
 
 CKPTS = {"ce_only": "digits_ens_u", "parl": "digits_parl", "adp": "digits_adp",
-         "gal": "digits_gal", "dverge": "digits_dverge"}
+         "gal": "digits_gal", "dverge": "digits_dverge", "trs": "digits_trs"}
 
 
 def grad_cosine(ens, x, y) -> float:
