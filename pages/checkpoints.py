@@ -175,8 +175,9 @@ def import_members_section():
     st.subheader("Import member weights (.pth / .pt)")
     st.caption("State dicts of models trained elsewhere, one file per member (a DVERGE file may "
                "hold all members). Files are read as weights only: a file with code in it is "
-               "refused. User-defined models need the command line (`python -m parl_core import "
-               "--model ...`): the server never imports code.")
+               "refused. User-defined models are imported with the command line (`python -m parl_core "
+               "import --model ...`); this server opens them only if whoever started it allow-listed "
+               "their factory (PARL_MODEL_FACTORIES).")
     ups = st.file_uploader("Member files", type=["pth", "pt"], accept_multiple_files=True,
                            key="ck_imp_files")
     c = st.columns(4)

@@ -672,10 +672,12 @@ def header_length(first8: bytes, file_size: int) -> int:
     n = int.from_bytes(first8[:8], "little")
     if n < 2:
         raise CheckpointError(f"not a safetensors file (header length {n})")
+    if n > MAX_HEADER_BYTES and 8 + n > file_size:  # random data or another format, most likely
+        raise CheckpointError(f"not a safetensors checkpoint: its first 8 bytes announce a header of "
+                              f"{n} bytes and the file has only {file_size} bytes (random data, another "
+                              f"file format, or a file cut short)")
     if n > MAX_HEADER_BYTES:
-        raise CheckpointError(f"header of {n} bytes; at most {MAX_HEADER_BYTES} are accepted"
-                              + (" (and the file has only {file_size} bytes)".format(file_size=file_size)
-                                 if 8 + n > file_size else ""))
+        raise CheckpointError(f"header of {n} bytes; at most {MAX_HEADER_BYTES} are accepted")
     if 8 + n > file_size:
         raise CheckpointError(f"truncated or not a safetensors file (header of {n} bytes, "
                               f"file of {file_size} bytes)")

@@ -217,7 +217,7 @@ HOSTILE_META = [  # (id, change to the metadata, what the message must say)
     ("mlp_depth_100000", _set_all_configs(arch="mlp", depth=100000), r"depth' must be an int in 1\.\.64, got an int 100000"),
     ("too_many_weights", _set_all_configs(arch="resnet20", width=1024, in_channels=1),
      r"weights in all; at most 50,000,000 are accepted \(raise PARL_MAX_PARAMS"),
-    ("method_5", lambda m: m.update(method=5), r"'method' must be one of adp, ce_only, dverge, gal, parl, got an int 5"),
+    ("method_5", lambda m: m.update(method=5), r"'method' must be one of adp, ce_only, dverge, gal, parl, trs, got an int 5"),
     ("method_unknown", lambda m: m.update(method="magic"), r"'method' must be one of .*got a string 'magic'"),
     ("params_list", lambda m: m.update(params=[1, 2]), r"'params' must be an object of at most 64 entries, got a list of 2"),
     ("params_nan", lambda m: m.update(params={"gamma2": float("nan")}), r"'params\.gamma2' must be a finite number.*got a number nan"),
@@ -297,7 +297,8 @@ def _hostile_headers(good):
                                             + b', "__metadata__": {"parl": "{}"}}', data=data),
          r"duplicate key '__metadata__'"),
         ("header_length_2_60", lambda p: _write(p, header, data, length=2**60),
-         r"header of 1152921504606846976 bytes; at most 16777216 are accepted \(and the file has only"),
+         r"not a safetensors checkpoint: its first 8 bytes announce a header of 1152921504606846976 bytes "
+         r"and the file has only \d+ bytes \(random data, another file format"),
         ("header_length_past_end", lambda p: _write(p, header, data, length=len(json.dumps(header)) + len(data) + 1),
          r"truncated or not a safetensors file"),
         ("header_length_0", lambda p: _write(p, header, data, length=0), r"header length 0"),
