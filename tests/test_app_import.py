@@ -128,7 +128,7 @@ def test_a_user_model_opens_where_its_operator_allows_its_factory(private_checkp
     pc.save_checkpoint(private_checkpoints / "user_net.safetensors", pc.Ensemble(members),
                        {"dataset": "digits", "method": "ce_only"})
     monkeypatch.setenv("PARL_MODEL_FACTORIES", "import_helpers:make_user_net")
-    for page in ("pages/gradients.py", "pages/diversity.py"):
+    for page in ("pages/gradients.py", "pages/diversity.py", "pages/robustness.py"):
         at = open_page(page, query={"checkpoint": "user_net"})
         assert not at.error, [e.value for e in at.error]
         assert at.session_state["checkpoint"] == "user_net"
