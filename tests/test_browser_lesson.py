@@ -66,7 +66,8 @@ def test_lesson_walks_five_steps_and_nothing_is_cut_off(app_url, sized):
 
 @pytest.mark.parametrize("url_path,heading", [("gradients", "Gradients"),
                                               ("diversity", "Diversity: layer-wise CKA"),
-                                              ("robustness", "Robustness under attack")])
+                                              ("robustness", "Robustness under attack"),
+                                              ("reproduction", "Reproduction")])
 def test_analysis_pages_cut_nothing(app_url, sized, url_path, heading):
     page, (w, h) = sized
     goto_page(page, app_url)
