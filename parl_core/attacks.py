@@ -111,6 +111,8 @@ def _check_data(model, x, y, bounds):
             or len(x) != len(y):
         raise ValueError(f"x must be (N, ...) and y (N,) tensors of equal length, got "
                          f"{tuple(getattr(x, 'shape', ()))} and {tuple(getattr(y, 'shape', ()))}")
+    from .validate import model_inputs
+    model_inputs(model, x, y)
     if bounds is not None and len(x) and (x.min() < bounds[0] - 1e-6 or x.max() > bounds[1] + 1e-6):
         raise ValueError(f"x must lie within bounds {bounds}, got values in "
                          f"[{x.min().item():.4g}, {x.max().item():.4g}]")

@@ -153,6 +153,9 @@ def load_checkpoint(path, *, device=None, allow_code: bool = False) -> tuple[Ens
     (parl_core.hooked) is rebuilt by importing the factory its metadata names, which runs
     that code: only with allow_code=True (a person's own scripts), never by default (the
     dashboard); otherwise a CheckpointError names the factory."""
+    if device is not None:
+        from .validate import device as check_device
+        device = check_device(device)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")

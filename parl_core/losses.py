@@ -118,9 +118,12 @@ def parl_loss(ens, x, y, gamma1: float = 1.0, gamma2: float = 0.5, layers: int |
     Returns (loss, parts) with parts: "ce" (Σ_i mean CE), "reg" (Σ_{i<j} R), "pairwise"
     (M, M) tensor of R with zero diagonal, "ce_members" (M,), "logits" (M, N, C), detached.
     """
+    from .validate import finite, model_inputs
+    finite(gamma1=gamma1, gamma2=gamma2)
     if gamma1 < 0 or gamma2 < 0:
         raise ValueError(f"gamma1 and gamma2 must be >= 0, got {gamma1} and {gamma2}")
     check_grad_options(feature, bn_grad)
+    model_inputs(ens, x, y)
     k = check_layers(layers, min(num_layers(m) for m in ens.members))
     xg = x if x.requires_grad else x.detach().requires_grad_(False)
     outs = [forward_with_layer_grads(m, xg, k, method=grad_method, create_graph=True,

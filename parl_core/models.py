@@ -382,6 +382,10 @@ def build_model(arch: str, num_classes: int, in_channels: int = 3, *, mean=None,
     bad = set(kwargs) - allowed
     if bad:
         raise ValueError(f"{arch} does not take {sorted(bad)}; it takes {sorted(allowed)}")
+    for k in ("width", "depth"):
+        v = kwargs.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{k} must be an int >= 1, got {v!r}")
     cls = {"resnet20": ResNet20, "smallcnn": SmallCNN, "mlp": MLP}[arch]
     if seed is not None:
         with torch.random.fork_rng(devices=[]):

@@ -124,6 +124,8 @@ def _validate(ens, train_ds, epochs, batch_size, lr, schedule):
         raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
     if not isinstance(batch_size, int) or batch_size < 2:
         raise ValueError(f"batch_size must be an int >= 2 (batch norm needs 2), got {batch_size!r}")
+    from .validate import finite
+    finite(lr=lr)
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
     if schedule not in SCHEDULES:
@@ -162,7 +164,8 @@ def train(ens: Ensemble, train_ds: Dataset, test_ds: Dataset | None = None, *, m
     if distributed is not None:
         distributed.check_batch(batch_size)
         device = distributed.device
-    device = torch.device(device) if device is not None else default_device()
+    from .validate import device as check_device
+    device = check_device(device) if device is not None else default_device()
     ens.to(device)
     augment = train_ds.name.startswith("cifar") if augment is None else augment
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda"
