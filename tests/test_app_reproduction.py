@@ -175,3 +175,19 @@ def test_broken_tables_and_runs_in_progress_do_not_break_the_page(app_env, roots
     rerun(at)
     assert "not finished: 1 units are done" in at.warning[0].value
     assert at.query_params["report"] in ("running", ["running"])
+
+
+def test_the_committed_cpu_small_report_is_whole_and_shown(app_env, monkeypatch):
+    """docs/reproduction/cpu-small: made by the project's own command on this machine; every
+    table reads, five verdicts, and the page draws it (without its checkpoints)."""
+    from conftest import REPO
+    d = REPO / "docs" / "reproduction" / "cpu-small"
+    tables, problems = reports.load_tables(d)
+    assert problems == {} and len(tables["verdicts"]) == 5
+    assert (reports.command(d) or "").startswith("python -m parl_core reproduce --scale cpu-small")
+    assert set(tables["table1"].label) >= {"ENS_U", "PARL", "ADP", "GAL", "DVERGE"}
+    monkeypatch.setattr(reports, "_roots", lambda: [(d.parent, "committed")])
+    at = open_page(PAGE)
+    assert at.selectbox(key="k_rp_report").value == "cpu-small"
+    assert len(at.get("plotly_chart")) >= 3 and not at.warning
+    assert "not in its folder" in " ".join(i.value for i in at.info)
