@@ -218,12 +218,11 @@ def import_module_members(files, factory: str, layers=None, dataset: str = "cifa
     layers: the hooked layer names (default `default_layers`); dataset fixes the input
     shape; normalize: (mean, std) per channel applied before the module (default none).
     Every member is checked on a dry forward: logits (N, classes) and each layer once."""
-    import hashlib
     from pathlib import Path
 
     from .data import DATASETS, TOY_2D
     from .ensemble import Ensemble
-    from .importers import _source, check_normalize, read_state_dicts, safe_load
+    from .importers import check_normalize, read_member_files
     from .losses import METHODS
     from .schema import IMAGE_SETS
 
@@ -238,33 +237,29 @@ def import_module_members(files, factory: str, layers=None, dataset: str = "cifa
     shape, classes = IMAGE_SETS[dataset] if dataset not in TOY_2D else ((2,), None)
     norm = check_normalize(normalize, shape[0]) or (None, None)
     load_factory(factory)  # a bad spec fails before any file is read
-    members, sources = [], []
-    for item in files:
-        name, data = _source(item)
-        states = read_state_dicts(safe_load(data, name), Path(name).name)
-        sources.append({"name": Path(name).name[:256], "sha256": hashlib.sha256(data).hexdigest(),
-                        "members": len(states)})
-        for label, state in states:
-            net = load_factory(factory)()
-            if not isinstance(net, nn.Module):
-                raise ValueError(f"model factory {factory!r} returned {type(net).__name__}, not an nn.Module")
-            state = {k: v for k, v in state.items()}
-            mean, std = state.pop("mean", None), state.pop("std", None)
-            state = {k[len("net."):] if k.startswith("net.") else k: v for k, v in state.items()}
-            try:
-                net.load_state_dict(state, strict=True)
-            except RuntimeError as e:
-                raise ValueError(f"{label} does not fit {factory}(): "
-                                 + " ".join(str(e).split("\n\t")[1:])[:1500]) from None
-            if norm[0] is None and mean is not None and std is not None:  # a HookedModel's own
-                mean, std = mean.flatten().tolist(), std.flatten().tolist()
-            else:
-                mean, std = norm
-            k = classes or _dry_classes(net, shape)
-            m = HookedModel(net, layers, num_classes=k, in_channels=shape[0], mean=mean,
-                            std=std, factory=factory).eval()
-            _dry_run(m, shape, k, label)
-            members.append(m)
+    members = []
+    sources, states = read_member_files(files)
+    for label, state in states:
+        net = load_factory(factory)()
+        if not isinstance(net, nn.Module):
+            raise ValueError(f"model factory {factory!r} returned {type(net).__name__}, not an nn.Module")
+        state = {k: v for k, v in state.items()}
+        mean, std = state.pop("mean", None), state.pop("std", None)
+        state = {k[len("net."):] if k.startswith("net.") else k: v for k, v in state.items()}
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"{label} does not fit {factory}(): "
+                             + " ".join(str(e).split("\n\t")[1:])[:1500]) from None
+        if norm[0] is None and mean is not None and std is not None:  # a HookedModel's own
+            mean, std = mean.flatten().tolist(), std.flatten().tolist()
+        else:
+            mean, std = norm
+        k = classes or _dry_classes(net, shape)
+        m = HookedModel(net, layers, num_classes=k, in_channels=shape[0], mean=mean,
+                        std=std, factory=factory).eval()
+        _dry_run(m, shape, k, label)
+        members.append(m)
     meta = {"dataset": dataset, "num_classes": members[0].config["num_classes"],
             "input_shape": list(shape),
             "imported": {"layout": "module", "files": sources,

@@ -125,6 +125,19 @@ def _strip(key: str) -> str:
     return key
 
 
+def read_member_files(files) -> tuple[list[dict], list[tuple[str, dict]]]:
+    """Every member state dict in `files` (paths or (name, bytes) pairs), read weights-only,
+    and a record per file (name, sha256, members) for the metadata."""
+    sources, states = [], []
+    for item in files:
+        name, data = _source(item)
+        got = read_state_dicts(safe_load(data, name), Path(name).name)
+        sources.append({"name": Path(name).name[:256], "sha256": hashlib.sha256(data).hexdigest(),
+                        "members": len(got)})
+        states += got
+    return sources, states
+
+
 def read_state_dicts(obj, name: str = "the file") -> list[tuple[str, dict]]:
     """[(label, state dict), ...] of the members in one loaded file: containers
     unwrapped, "model_<i>" and "members.<i>." split into members (by index), wrapper
@@ -321,21 +334,17 @@ def import_members(files, layout: str, arch: str = "resnet20", dataset: str = "c
     from .losses import METHODS
     if method is not None and method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(sorted(METHODS))} or None, got {method!r}")
-    members, sources, records = [], [], []
-    for item in files:
-        name, data = _source(item)
-        states = read_state_dicts(safe_load(data, name), Path(name).name)
-        sources.append({"name": Path(name).name[:256], "sha256": hashlib.sha256(data).hexdigest(),
-                        "members": len(states)})
-        for label, state in states:
-            mapped, norm, unknown, origin = map_layout(state, layout)
-            shape, classes = _dataset_shape(dataset, mapped, arch)
-            mean, std, how = _normalisation(layout, norm, dataset, shape[0],
-                                            check_normalize(normalize, shape[0]), label)
-            model, filled = _build_member(label, mapped, origin, unknown, arch, classes, shape[0],
-                                          mean, std)
-            members.append(model)
-            records.append({"normalize": how, "filled": filled, "origin": origin})
+    members, records = [], []
+    sources, states = read_member_files(files)
+    for label, state in states:
+        mapped, norm, unknown, origin = map_layout(state, layout)
+        shape, classes = _dataset_shape(dataset, mapped, arch)
+        mean, std, how = _normalisation(layout, norm, dataset, shape[0],
+                                        check_normalize(normalize, shape[0]), label)
+        model, filled = _build_member(label, mapped, origin, unknown, arch, classes, shape[0],
+                                      mean, std)
+        members.append(model)
+        records.append({"normalize": how, "filled": filled, "origin": origin})
     renames = _renames(records[0]["origin"])
     meta = {"dataset": dataset, "num_classes": members[0].config["num_classes"],
             "input_shape": list(shape),
