@@ -193,6 +193,14 @@ def ens():
 
 
 @pytest.fixture(scope="module")
+def models():
+    """The shipped digits ENS_U, PARL and surrogate ensembles on CPU, by short name."""
+    import parl_core as pc
+    return {n: pc.load_checkpoint(REPO / "checkpoints" / f"digits_{n}.safetensors", device="cpu")[0]
+            for n in ("ens_u", "parl", "surrogate")}
+
+
+@pytest.fixture(scope="module")
 def data():
     """200 digits test examples (seeded subset) as (x, y)."""
     import parl_core as pc

@@ -24,12 +24,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def models():
-    return {n: pc.load_checkpoint(CKPT / f"digits_{n}.safetensors", device="cpu")[0]
-            for n in ("ens_u", "parl", "surrogate")}
-
-
-@pytest.fixture(scope="module")
 def data():
     ds = pc.evaluation_subset(pc.load_dataset("digits", "test"), 130)  # two attack blocks
     return ds.images, ds.labels

@@ -24,12 +24,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def models():
-    return {n: pc.load_checkpoint(CKPT / f"digits_{n}.safetensors", device="cpu")[0]
-            for n in ("ens_u", "surrogate", "parl")}
-
-
-@pytest.fixture(scope="module")
 def xy(data):
     return data[0][:40], data[1][:40]
 
