@@ -35,11 +35,14 @@ __all__ = ["attack", "attack_restarts", "ATTACKS", "EXTRA_ATTACKS", "ALL_ATTACKS
            "ATTACK_LOSSES", "AttackCancelled", "input_loss", "vote_loss", "eval_mode"]
 
 ATTACKS = ("fgsm", "bim", "mim", "pgd")  # the paper's four: the evaluation's default
-EXTRA_ATTACKS = ("apgd-ce", "apgd-dlr", "square", "mi-di")
+EXTRA_ATTACKS = ("apgd-ce", "apgd-dlr", "square", "mi-di", "pgd-vote")
 ALL_ATTACKS = ATTACKS + EXTRA_ATTACKS
 ATTACK_LOSSES = ("ensemble", "members", "margin", "vote", "dlr")
-RANDOM_ATTACKS = ("pgd", "apgd-ce", "apgd-dlr", "square", "mi-di")  # random draws: restarts, seeds
-_FIXED_LOSS = {"apgd-ce": "ensemble", "apgd-dlr": "dlr", "square": "margin"}  # set by the name
+RANDOM_ATTACKS = ("pgd", "apgd-ce", "apgd-dlr", "square", "mi-di", "pgd-vote")  # random draws
+# The loss is set by the name; "pgd-vote" is PGD (same start, steps, step size) on `vote_loss`.
+_FIXED_LOSS = {"apgd-ce": "ensemble", "apgd-dlr": "dlr", "square": "margin", "pgd-vote": "vote"}
+_OWN_SCHEDULE = ("apgd-ce", "apgd-dlr", "square")  # step_size ignored
+_PGD_LOOP = ATTACKS + ("pgd-vote",)  # crafted by `_craft`
 
 
 class AttackCancelled(Exception):
@@ -90,7 +93,7 @@ def _spec(name, eps, steps, step_size, restarts, decay, seed, bounds, loss, earl
                              f"({len(eps_list)}), got {step_size!r}")
     if name == "fgsm":  # one step of size ε; restarts would repeat the same deterministic step
         alpha, steps = list(eps_list), 1
-    elif name in _FIXED_LOSS:  # step_size ignored; recorded: APGD's first step, Square's ±2ε
+    elif name in _OWN_SCHEDULE:  # step_size ignored; recorded: APGD's first step, Square's ±2ε
         alpha = [2 * e for e in eps_list]
     else:
         alpha = [e / 5 for e in eps_list] if step_size is None else [float(a) for a in sizes]
@@ -209,7 +212,7 @@ def _layout(spec: _Spec, x: torch.Tensor):
     xs = x.unsqueeze(0).unsqueeze(0).expand(e_n, r_n, *x.shape).reshape(rows, *shape)
     lo, hi = xs - eps, xs + eps
     x0 = xs.clone()
-    if spec.name in ("pgd", "apgd-ce", "apgd-dlr"):  # uniform start in the ε-ball, per (restart, ε)
+    if spec.name in ("pgd", "pgd-vote", "apgd-ce", "apgd-dlr"):  # uniform start in the ε-ball, per (restart, ε)
         x0 = x0.view(e_n, r_n, *x.shape)
         for r in range(r_n):
             for i, e in enumerate(spec.eps):
@@ -322,8 +325,8 @@ def _run(name, model, x, y, eps, steps, step_size, restarts, decay, seed, bounds
     spec = _spec(name, eps, steps, step_size, restarts, decay, seed, bounds, loss, early_stop)
     if not isinstance(first_restart, int) or first_restart < 0:
         raise ValueError(f"first_restart must be an int >= 0, got {first_restart!r}")
-    if record_path and spec.name not in ATTACKS:
-        raise ValueError(f"return_path is available for {ATTACKS}, got {spec.name!r}")
+    if record_path and spec.name not in _PGD_LOOP:
+        raise ValueError(f"return_path is available for {_PGD_LOOP}, got {spec.name!r}")
     spec.first_restart = first_restart if spec.name in RANDOM_ATTACKS else 0
     _check_data(model, x, y, spec.bounds)
     device = _model_device(model)
@@ -331,7 +334,7 @@ def _run(name, model, x, y, eps, steps, step_size, restarts, decay, seed, bounds
     modes = eval_mode(model) if work is model else contextlib.nullcontext()
     xd, yd = x.detach().to(device), y.to(device)
     with modes, torch.enable_grad():
-        if spec.name in ATTACKS:
+        if spec.name in _PGD_LOOP:
             adv, path = _craft(spec, work, xd, yd, record_path=record_path, tick=tick, cancel=cancel)
         else:  # the stronger attacks live in their own modules
             from . import apgd, midi, square
@@ -361,7 +364,8 @@ def attack(name, model, x, y, eps, steps=50, step_size=None, restarts=1, decay=0
 
     name: one of ALL_ATTACKS: the paper's "fgsm" | "bim" | "mim" | "pgd" (ATTACKS), and
       "apgd-ce" | "apgd-dlr" (`parl_core.apgd`) | "square" (`parl_core.square`) | "mi-di"
-      (`parl_core.midi`: MIM through a random resize-and-pad, a transfer attack).
+      (`parl_core.midi`: MIM through a random resize-and-pad, a transfer attack) | "pgd-vote"
+      (PGD on `vote_loss`: an attack on the majority vote itself, at PGD's budget).
     model: nn.Module (logits) or Ensemble.
     x: (N, ...) inputs within `bounds` ((0, 1) pixels; None: no range, e.g. 2-D data).
     eps: a float -> (N, ...); a list of E floats -> (E, N, ...), crafted in one batched loop.
@@ -374,11 +378,11 @@ def attack(name, model, x, y, eps, steps=50, step_size=None, restarts=1, decay=0
     loss: FGSM/BIM/MIM/PGD's loss, one of ATTACK_LOSSES (`input_loss`): "ensemble" (CE of
       the log-mean-softmax), "members" (members' mean CE), "margin" (CW), "vote" (the
       majority vote, `vote_loss`), "dlr". The names fix APGD-CE's ("ensemble"), APGD-DLR's
-      ("dlr") and Square's ("margin").
+      ("dlr"), Square's ("margin") and PGD-vote's ("vote").
     early_stop: examples the model already misclassifies stop moving (off: as the paper);
       Square always stops querying an example once the model is fooled (as published).
     return_path: also return the iterates (steps+1, N, ...) from x^(0) (one ε, restarts=1;
-      FGSM, BIM, MIM and PGD only).
+      FGSM, BIM, MIM, PGD and PGD-vote only).
     on_step(rows): called after each step; cancel: an Event (or callable) that aborts
       with AttackCancelled.
     Every output satisfies ‖x_adv − x‖∞ ≤ ε and lies within bounds. The model is attacked

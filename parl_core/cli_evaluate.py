@@ -4,7 +4,7 @@ from __future__ import annotations
 import signal
 import threading
 
-from .attacks import ALL_ATTACKS, ATTACKS
+from .attacks import ALL_ATTACKS, ATTACK_LOSSES, ATTACKS
 from .diagnostics import FACTOR
 from .progress import Progress
 from .result import _plain
@@ -44,8 +44,14 @@ def add_evaluate(sub, common):
                         "black-box), robust only if every restart fails on the target (default "
                         "white-box), or the mean over restarts")
     p.add_argument("--decay", type=float, default=0.01, help="MIM momentum decay")
-    p.add_argument("--loss", default="ensemble", choices=("ensemble", "members"),
-                   help="CE of the log-mean-softmax, or the mean of the members' CE")
+    p.add_argument("--loss", default="ensemble", choices=ATTACK_LOSSES,
+                   help="the loss of FGSM/BIM/MIM/PGD: CE of the log-mean-softmax, the members' "
+                        "mean CE, the margin (CW) loss, the vote loss, DLR (APGD-CE/-DLR, Square "
+                        "and PGD-vote fix their own)")
+    p.add_argument("--per-attack", action="store_true",
+                   help="evaluate and cache each attack on its own, then merge (worst-case row "
+                        "from the per-example verdicts): a long evaluation resumes at the first "
+                        "attack not finished; one surrogate at most")
     p.add_argument("--convergence", action="store_true",
                    help=f"also rerun PGD at the largest eps with {FACTOR}x the steps and check that "
                         "more steps do not help the defender (a masking diagnostic)")
@@ -101,8 +107,18 @@ def cmd_evaluate(args) -> int:
                       f"of the work, {ev['elapsed']:.0f}s)")
 
     old = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if args.per_attack and len(args.surrogate) > 1:
+        raise SystemExit("--per-attack takes one --surrogate at most; run it once per surrogate")
     try:
-        if len(args.surrogate) > 1:
+        if args.per_attack:
+            from .per_attack import evaluate_per_attack
+            results = evaluate_per_attack(
+                targets, surrogate=args.surrogate[0] if args.surrogate else None,
+                on_progress=on_progress, cancel=stop,
+                on_attack=None if args.quiet else lambda a, i, k, sec: bar["p"].note(
+                    f"{a}: finished ({i + 1}/{k}, {sec:.0f}s)"),
+                **kw)
+        elif len(args.surrogate) > 1:
             from .surrogates import transfer_suite
             suites = transfer_suite(targets, args.surrogate, on_progress=on_progress, cancel=stop, **kw)
         else:
@@ -162,6 +178,6 @@ def _paired_text(name_a, res_a, name_b, res_b) -> str:
     lines = [f"\npaired, same examples: {name_b} minus {name_a} (accuracy points, 95 % interval, "
              "exact McNemar p)"]
     for r in cmp.itertuples():
-        lines.append(f"  {r.attack:>5} {r.eps:<5g} {100 * r.diff:+6.1f} [{100 * r.diff_low:+.1f}, "
+        lines.append(f"  {r.attack:>10} {r.eps:<5g} {100 * r.diff:+6.1f} [{100 * r.diff_low:+.1f}, "
                      f"{100 * r.diff_high:+.1f}]  p = {r.p_value:.3g}")
     return "\n".join(lines)

@@ -121,3 +121,16 @@ def test_vote_attack_beats_ce_on_the_mean_against_the_vote(ens, test_set):
     assert 0.2 < acc["ensemble"] < 0.8  # mid-range: the comparison means something
     assert acc["vote"] <= acc["ensemble"] - 0.05, acc
     assert math.isfinite(acc["vote"])
+
+
+def test_pgd_vote_is_pgd_on_the_vote_loss(ens, test_set):
+    """The named attack "pgd-vote" (a column of the evaluation tables) is exactly PGD with
+    loss="vote": same random start, steps and step size; its name fixes the loss."""
+    x, y = test_set[0][:64], test_set[1][:64]
+    kw = dict(steps=5, restarts=2, seed=3)
+    named = pc.attack("pgd-vote", ens, x, y, [0.1, 0.2], **kw)
+    assert torch.equal(named, pc.attack("pgd", ens, x, y, [0.1, 0.2], loss="vote", **kw))
+    assert torch.equal(named, pc.attack("pgd-vote", ens, x, y, [0.1, 0.2], loss="members", **kw))
+    assert not torch.equal(named, pc.attack("pgd", ens, x, y, [0.1, 0.2], **kw))
+    table = pc.robustness_curve(ens, x, y, attacks=["pgd", "pgd-vote"], eps=[0.12], steps=5).table
+    assert set(table.attack) == {"clean", "pgd", "pgd-vote", "worst-case"}
