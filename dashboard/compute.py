@@ -199,3 +199,14 @@ def ensemble_cka(r: Ref, dataset: str, n: int, batch_size: int, estimator: str) 
     ds = evaluation_examples(dataset, n)
     ens, _ = cache._ensemble(*r)
     return pc.ensemble_cka(ens, ds.images, batch_size=batch_size, estimator=estimator)
+
+
+def layer_cosines(r: Ref, dataset: str, n: int, feature: str) -> dict:
+    """Per layer k = 1..L, the checkpoint's mean pairwise layer-gradient cosine on the first n
+    test examples (evaluation order) with PARL's F^k read as `feature`, and its range over
+    the examples (0 where the cosine is the same at every input, e.g. layer 1 "pre_bn")."""
+    ds = evaluation_examples(dataset, n)
+    ens, _ = cache._ensemble(*r)
+    per = pc.layer_cosines(ens, ds.images, feature=feature, per_example=True).numpy()  # (L, n)
+    return {"per_layer": per.mean(1), "spread": np.ptp(per, axis=1), "members": len(ens.members),
+            "n": int(n), "feature": feature}

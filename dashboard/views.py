@@ -15,7 +15,7 @@ import parl_core.plots as pp
 from parl_core.plots.analysis import ESTIMATOR_TEXT
 from parl_core.plots.gradient_rows import gradient_rows_figure
 
-from . import cache, compute, findings, ui
+from . import cache, compute, findings, findings_r, ui
 
 
 def ckpt_label(name: str) -> str:
@@ -210,3 +210,88 @@ def compact_curves(fig, results: dict, estimator: str):
     if n > 10:
         fig.update_xaxes(dtick=2)
     return fig
+
+
+# --------------------------------------------------------------------------- what R measures
+def parl_feature(names) -> str | None:
+    """The definition of F^k the first PARL checkpoint among `names` was trained with
+    (its params' "feature", "pre_bn" when it has none), or None when none is PARL."""
+    for n in names:
+        meta = cache.metadata(cache.checkpoints()[n])
+        if meta.get("method") == "parl":
+            return (meta.get("params") or {}).get("feature") or "pre_bn"
+    return None
+
+
+def r_measure_figure(results: dict, k: int | None, feature: str):
+    """Per layer, each ensemble's mean pairwise layer-gradient cosine (one line each), the
+    floor −1/(M−1) as a dashed line and the first K layers (R's) shaded."""
+    import plotly.graph_objects as go
+    fig = go.Figure()
+    for lab, res in results.items():
+        y = np.asarray(res["per_layer"], dtype=float).tolist()
+        fig.add_trace(go.Scatter(x=list(range(1, len(y) + 1)), y=y, mode="lines+markers", name=lab,
+                                 hovertemplate=f"{lab}<br>layer %{{x}}: %{{y:+.3f}}<extra></extra>"))
+    for m in sorted({int(res["members"]) for res in results.values()}):
+        fig.add_hline(y=findings_r.floor(m), line={"dash": "dash", "color": "#d62728"},
+                      annotation_text=f"floor −1/(M−1) = {findings_r.floor(m):+.2f} (M = {m})",
+                      annotation_position="bottom right")
+    if k is not None:
+        fig.add_vrect(x0=0.5, x1=k + 0.5, fillcolor="#888", opacity=0.12, line_width=0,
+                      annotation_text=f"R's first K = {k} layers", annotation_position="top left")
+    words = findings_r.FEATURE_WORDS[feature]
+    fig.update_layout(title={"text": f"Layer-gradient cosine per layer<br><sup>F^k = layer outputs {words}</sup>"},
+                      xaxis={"title": "layer k", "dtick": 1 if max(len(r["per_layer"]) for r in results.values()) <= 10
+                             else 2},
+                      yaxis={"title": "mean pairwise cosine", "range": [-1.05, 1.05]},
+                      legend={"orientation": "h", "y": -0.25, "x": 0, "yanchor": "top"},
+                      height=460, margin={"t": 80, "l": 10, "r": 10, "b": 10})
+    return fig
+
+
+def r_measure_view(results: dict, loss_cos: dict, feature: str, dataset: str, *, key: str) -> None:
+    """"What R measures" for the checkpoints in `results` ({name: compute.layer_cosines
+    result}; loss_cos {name: mean pairwise loss-gradient cosine}, both on the same n test
+    examples): the per-layer figure, R/K at PARL's K beside the loss-gradient cosine, the
+    computed finding, and the provenance, which names the definition of F^k."""
+    names = list(results)
+    k = parl_layers(names)
+    labelled = {ckpt_label(nm): results[nm] for nm in names}
+    loss = {ckpt_label(nm): float(loss_cos[nm]) for nm in names}
+    n = next(iter(results.values()))["n"]
+    paths = [cache.checkpoints()[nm] for nm in names]
+    prov = ui.provenance(paths, {"n": n, "order": "evaluation order", "feature": feature,
+                                 "F^k": f"layer outputs {findings_r.FEATURE_WORDS[feature]}", "K": k},
+                         command=f"python -c \"import parl_core as pc; ens, _ = pc.load_checkpoint('{paths[0]}'); "
+                                 f"ds = pc.evaluation_subset(pc.load_dataset('{dataset}', 'test'), {n}); "
+                                 f"print(pc.layer_cosines(ens, ds.images, feature='{feature}'))\"")
+    ui.show_figure(r_measure_figure(labelled, k, feature),
+                   f"Per layer k, the cosine between members' gradients of layer k's summed outputs, read "
+                   f"{findings_r.FEATURE_WORDS[feature]}, averaged over member pairs and examples; "
+                   f"R/K is its mean over the first K layers"
+                   + (f" (K = {k}, the PARL checkpoint's)" if k else " (all layers: no PARL checkpoint's K)")
+                   + f". Test images: {compute.data_caption(dataset, n)}.", key=key, prov=prov,
+                   title=f"r_per_layer_{feature}")
+    st.markdown(findings_r.r_table(labelled, loss, k))
+    st.markdown(findings_r.r_measure_finding(labelled, loss, k, feature,
+                                             {ckpt_label(nm): method_of(nm) for nm in names},
+                                             parl_feature(names)))
+
+
+def r_unavailable(names, feature: str) -> str | None:
+    """Why "What R measures" cannot be computed for the checkpoints `names` under `feature`,
+    or None: a pairwise cosine needs 2 members; and only the models of parl_core.models
+    expose their layers after batch norm or ReLU (user-defined modules under
+    parl_core.hooked offer "pre_bn" alone)."""
+    ens = {n: cache._ensemble(*compute.ref(cache.checkpoints()[n]))[0] for n in names}
+    single = [n for n, e in ens.items() if len(e.members) < 2]
+    if single:
+        return (f"{findings._fmt_list([ckpt_label(n) for n in single])}: a single member has no pair, so it has "
+                "no pairwise cosine (R). Choose ensembles of 2 or more members.")
+    lacking = [n for n, e in ens.items() if feature != "pre_bn"
+               and not all(hasattr(m, "forward_trace") for m in e.members)]
+    if lacking:
+        return (f"{findings._fmt_list([ckpt_label(n) for n in lacking])}: its models expose their layer outputs "
+                f"before batch norm only, so R cannot be read {findings_r.FEATURE_WORDS[feature]} there. Choose "
+                f"“{findings_r.FEATURE_WORDS['pre_bn']}”.")
+    return None

@@ -7,7 +7,7 @@ import streamlit as st
 
 import parl_core.plots as pp
 
-from dashboard import cache, compute, findings, state, ui, views
+from dashboard import cache, compute, findings, findings_r, state, ui, views
 
 state.through_app()
 
@@ -27,12 +27,14 @@ row1_default = ens_u0 or active.stem
 row2_default = parl0 if parl0 and parl0 != row1_default else next(
     (n for n in names_all if n != row1_default), "(none)")
 KINDS = ["loss ∇x CE", "PARL layer-k"]
+FEATURES = list(findings_r.FEATURE_WORDS)  # PARL's F^k: "pre_bn" (its default), "post_bn", "post_relu"
 PARAMS = {
     "grad": state.Param(f"{K}gr_kind", lambda t: KINDS[["loss", "layer"].index(t.strip().lower())], KINDS[0],
                         fmt=lambda v: "layer" if v == KINDS[1] else "loss"),
     "layer": state.Param(f"{K}gr_layer", int, 1),
     "top": state.Param(f"{K}gr_row1", str, row1_default),
     "bottom": state.Param(f"{K}gr_row2", str, row2_default),
+    "feature": state.Param(f"{K}gr_feature", lambda t: FEATURES[FEATURES.index(t.strip().lower())], FEATURES[0]),
 }
 state.url_to_state("gradients", PARAMS)
 
@@ -205,5 +207,34 @@ if all(v is not None for v in have.values()):
                             prov=ui.provenance([same[x] for x in keys], {"n": n, "order": "evaluation order",
                                                                          "gradient": words["what"]}))
 else:
+    st.caption("Computed on request (a few seconds on digits); the result is then kept for everyone.")
+
+# ------------------------------------------------------------------- what R measures (A and B, same n)
+st.markdown("##### What R measures")
+st.caption("PARL's regulariser R is the members' cosine between gradients of F^k, layer k's outputs summed, "
+           "averaged over the first K layers. What \"layer k's outputs\" means changes R; attacks follow the "
+           "loss gradient instead, shown beside it.")
+state.default_choice(f"{K}gr_feature", FEATURES, FEATURES[0])
+feature = st.radio("Layer outputs F^k, read", FEATURES, format_func=findings_r.FEATURE_WORDS.get,
+                   key=f"{K}gr_feature", horizontal=True)
+rkeys = {lab: (("layercos", compute.ref(same[lab]), dataset, n, feature),
+               ("cosdist", compute.ref(same[lab]), dataset, n, None)) for lab in dict.fromkeys([ca, cb])}
+rhave = {lab: [compute.stored(k) for k in ks] for lab, ks in rkeys.items()}
+if (why := views.r_unavailable(list(rkeys), feature)):
+    st.info(why, icon=":material/info:")
+elif any(v is None for vs in rhave.values() for v in vs) and st.button(
+        "Compute R per layer", type="primary", icon=":material/stacked_line_chart:", key="gr_rk_go"):
+    bar = st.progress(0.0, "Computing layer and loss gradients over the test set…")
+    for i, (lab, (k_layer, k_loss)) in enumerate(rkeys.items()):
+        if rhave[lab][0] is None:
+            compute.store(k_layer, compute.layer_cosines(k_layer[1], dataset, n, feature))
+        if rhave[lab][1] is None:
+            compute.store(k_loss, compute.cosine_distribution(k_loss[1], dataset, n, None))
+        bar.progress((i + 1) / len(rkeys))
+    st.rerun()  # draw again from the store, without the button
+if not why and all(v is not None for vs in rhave.values() for v in vs):
+    views.r_measure_view({lab: v[0] for lab, v in rhave.items()}, {lab: v[1]["mean"] for lab, v in rhave.items()},
+                         feature, dataset, key="gr_rk")
+elif not why:
     st.caption("Computed on request (a few seconds on digits); the result is then kept for everyone.")
 state.state_to_url(PARAMS)

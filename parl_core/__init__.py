@@ -9,7 +9,7 @@ from .models import build_model, ARCHS  # noqa: E402
 from .ensemble import Ensemble  # noqa: E402
 from .layergrad import layer_gradients  # noqa: E402
 from .losses import parl_loss, make_method, METHODS, method_label  # noqa: E402
-from .train import train, build_ensemble, evaluate_accuracy, mean_pairwise_r, default_device  # noqa: E402
+from .train import train, build_ensemble, evaluate_accuracy, mean_pairwise_r, layer_cosines, default_device  # noqa: E402
 from .checkpoints import save_checkpoint, load_checkpoint, read_metadata, file_hash  # noqa: E402
 from .baselines import adp_loss, gal_loss, dverge_distill  # noqa: E402
 from .dverge import member_pgd  # noqa: E402

@@ -32,10 +32,12 @@ import torch
 
 from .data import Dataset, augment_batch, evaluation_subset
 from .ensemble import Ensemble, eval_mode
-from .layergrad import layer_gradients, num_layers
+from .features import check_space
+from .gradients import as_members
+from .layergrad import PARL_FEATURES, layer_gradients, num_layers
 from .losses import make_method, pairwise_cosines
 
-__all__ = ["train", "History", "evaluate_accuracy", "mean_pairwise_r", "default_device",
+__all__ = ["train", "History", "evaluate_accuracy", "mean_pairwise_r", "layer_cosines", "default_device",
            "epoch_generator", "build_ensemble", "SCHEDULES", "training_meta"]
 
 SCHEDULES = ("cosine", "step", "constant")
@@ -113,6 +115,44 @@ def mean_pairwise_r(ens: Ensemble, x: torch.Tensor, k: int | None = None, *,
     iu = torch.triu_indices(m, m, 1)
     mean = r[iu[0], iu[1]].mean().item() if m > 1 else float("nan")
     return mean, r.tolist()
+
+
+def layer_cosines(models, x: torch.Tensor, *, feature: str = "pre_bn", per_example: bool = False,
+                  batch_size: int = 128) -> torch.Tensor:
+    """The mean pairwise layer-gradient cosine of every layer k = 1..L, models in eval mode.
+
+    models: an Ensemble (its members) or a list of at least 2 modules; L is the fewest
+    layers any of them has. Returns (L,): per layer, the mean over member pairs i < j and
+    the examples of cos(g^k_i(x), g^k_j(x)), g^k = ∇x Σ F^k (parl_core.layergrad); or, with
+    per_example=True, (L, N): the mean over the pairs for each example. The mean of the
+    first K entries is `mean_pairwise_r(ens, x, K, feature=feature)[0]`, R/K. Its floor is
+    −1/(M−1) per layer. `feature`: "pre_bn" (default; the stem is linear, so layer 1's
+    cosine is the same at every input), "post_bn" or "post_relu". Computed in batches of
+    `batch_size` examples (in eval mode each example's gradient is its own); returned on the CPU.
+    """
+    members = as_members(models)
+    if len(members) < 2:
+        raise ValueError(f"layer_cosines needs at least 2 models (a pair), got {len(members)}")
+    check_space(feature, "feature", PARL_FEATURES)
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2 or len(x) == 0:
+        raise ValueError(f"x must be a non-empty float tensor (N, *input), got "
+                         f"{type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
+    if not isinstance(per_example, bool):
+        raise ValueError(f"per_example must be True or False, got {per_example!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    L = min(num_layers(m) for m in members)
+    m = len(members)
+    iu = torch.triu_indices(m, m, 1)
+    out = []
+    with eval_mode(members):
+        for s in range(0, len(x), batch_size):
+            xb = x[s:s + batch_size]
+            grads = torch.stack([layer_gradients(mod, xb.to(next(mod.parameters()).device), L,
+                                                 feature=feature).detach().cpu() for mod in members])
+            out.append(pairwise_cosines(grads)[iu[0], iu[1]].mean(0))  # (L, B)
+    cos = torch.cat(out, 1).float()  # (L, N)
+    return cos if per_example else cos.mean(1)
 
 
 def _validate(ens, train_ds, epochs, batch_size, lr, schedule):

@@ -10,7 +10,7 @@ import parl_core as pc
 from conftest import REPO, open_page, rerun
 from dashboard import findings
 from parl_core.plots.gradient_rows import gradient_rows_figure
-from test_app_cifar_folders import shared_checkpoints  # noqa: F401  digits-only folder
+from test_app_cifar_folders import private_checkpoints, shared_checkpoints  # noqa: F401  digits-only folders
 
 PAGE = "pages/gradients.py"
 
@@ -255,3 +255,97 @@ def test_shipped_cifar_layer_one_is_input_independent():
     x = pc.load_dataset("cifar10", "test").images[:2]
     g = pc.input_gradients(ens, x, layer=1)
     assert np.allclose(g[:, 0], g[:, 1], atol=1e-5)
+
+
+# --------------------------------------------------------------------------- what R measures
+def _r_expected(app_env, n, feature):
+    """R/K at the PARL checkpoint's K and the mean pairwise loss-gradient cosine, computed
+    here through other code paths (mean_pairwise_r, cosine_distribution)."""
+    from parl_core.train import mean_pairwise_r
+    ds = pc.evaluation_subset(pc.load_dataset("digits", "test"), n)
+    k = pc.read_metadata(app_env / "digits_parl.safetensors")["params"]["layers"]
+    out = {}
+    for name in ("digits_ens_u", "digits_parl"):
+        ens, _ = pc.load_checkpoint(app_env / f"{name}.safetensors", device="cpu")
+        out[name] = (mean_pairwise_r(ens, ds.images, k, feature=feature)[0],
+                     pc.cosine_distribution(ens, ds.images, ds.labels)["mean"])
+    return k, out
+
+
+def _r_panel(at):
+    fig = _spec(at, "Layer-gradient cosine per layer")
+    lines = {t["name"]: t["y"] for t in fig["data"] if t["type"] == "scatter"}
+    finding = next(m.value for m in at.markdown if m.value.startswith("With F^k"))
+    table = next(m.value for m in at.markdown if m.value.startswith("| ensemble | R/K"))
+    return lines, finding, table
+
+
+def test_what_r_measures_per_definition_on_request_and_in_the_link(app_env):
+    at = open_page(PAGE)
+    assert at.radio(key="k_gr_feature").value == "pre_bn"
+    assert at.radio(key="k_gr_feature").options[0] == "before batch norm (PARL's default)"
+    at.slider(key="k_gr_dist_n").set_value(150)
+    rerun(at)
+    assert not any("Layer-gradient cosine per layer" in c.proto.spec for c in at.get("plotly_chart"))
+    at.button(key="gr_rk_go").click()
+    rerun(at)
+    assert not any(b.key == "gr_rk_go" for b in at.button)  # kept: drawn from the store
+    k, want = _r_expected(app_env, 150, "pre_bn")
+    lines, finding, table = _r_panel(at)
+    seen = {}
+    for name, (r, loss) in want.items():
+        label = f"{pc.method_label(pc.read_metadata(app_env / f'{name}.safetensors')['method'])} ({name})"
+        assert np.mean(lines[label][:k]) == pytest.approx(r, abs=1e-4)
+        assert f"| {label} | {r:+.2f} (layers 1–{k}) | -0.50 | {loss:+.2f} |" in table
+        assert f"{label}: {loss:+.2f}" in finding
+        seen[name] = r
+    assert "before batch norm" in finding and "constant of the weights: the same at all 150 examples" in finding
+    assert "lower than" in finding and "loss-gradient cosine" in finding
+    assert "feature" not in at.query_params  # the default stays out of the link
+    # another definition: computed on request again, other numbers, other words, in the URL
+    at.radio(key="k_gr_feature").set_value("post_relu")
+    rerun(at)
+    assert at.query_params["feature"] in ("post_relu", ["post_relu"])
+    at.button(key="gr_rk_go").click()
+    rerun(at)
+    _, want_relu = _r_expected(app_env, 150, "post_relu")
+    lines, finding2, table2 = _r_panel(at)
+    assert finding2 != finding and "after ReLU" in finding2
+    assert "before batch norm (PARL's default), the" not in finding2
+    assert "this view reads R another way" in finding2 and "constant of the weights" not in finding2
+    for name, (r, loss) in want_relu.items():
+        assert abs(r - seen[name]) > 0.05  # the definition changes R
+        assert f"{r:+.2f} (layers 1–{k})" in table2 and f"{loss:+.2f} |" in table2
+    at.session_state["prov_gr_rk"] = True  # the provenance names the definition
+    rerun(at)
+    assert any("layer_cosines" in c.value and "feature='post_relu'" in c.value for c in at.code)
+    assert any('"feature": "post_relu"' in j.value and "after ReLU" in j.value for j in at.json)
+    # a link carries the definition
+    at2 = open_page(PAGE, query={"feature": "post_bn"})
+    assert at2.radio(key="k_gr_feature").value == "post_bn"
+
+
+def test_what_r_measures_says_when_a_definition_is_not_offered(private_checkpoints, monkeypatch):
+    """A user-defined model (parl_core.hooked) exposes its layers before batch norm only: the
+    panel says so instead of failing, and computes under "pre_bn"."""
+    import torch
+    from import_helpers import make_user_net
+    torch.manual_seed(0)
+    members = [pc.hooked.HookedModel(make_user_net(), num_classes=10, in_channels=1,
+                                     factory="import_helpers:make_user_net") for _ in range(2)]
+    pc.save_checkpoint(private_checkpoints / "user_net.safetensors", pc.Ensemble(members),
+                       {"dataset": "digits", "method": "ce_only"})
+    monkeypatch.setenv("PARL_MODEL_FACTORIES", "import_helpers:make_user_net")
+    at = open_page(PAGE, query={"feature": "post_relu"})
+    at.selectbox(key="k_gr_dist_a").set_value("user_net")
+    at.slider(key="k_gr_dist_n").set_value(50)
+    rerun(at)
+    assert any("ENS_U (user_net): its models expose their layer outputs before batch norm only" in i.value
+               for i in at.info)
+    assert not any(b.key == "gr_rk_go" for b in at.button)
+    at.radio(key="k_gr_feature").set_value("pre_bn")
+    rerun(at)
+    at.button(key="gr_rk_go").click()
+    rerun(at)
+    finding = next(m.value for m in at.markdown if m.value.startswith("With F^k"))
+    assert "ENS_U (user_net): " in finding and "PARL (digits_parl): " in finding
