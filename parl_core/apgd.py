@@ -3,6 +3,7 @@ with an ensemble of diverse parameter-free attacks"), L∞, in pixel space.
 
 Reached through `parl_core.attack("apgd-ce" | "apgd-dlr", ...)`; `craft` runs every
 (ε, restart, example) row of one call in one batched loop, as the paper's attacks do.
+APGD-T (`parl_core.apgd_targeted`) runs this same loop on its targeted DLR loss.
 
     x^(0)   = Π(x + U(−ε, ε))                 uniform start (PGD's draw: same seed, same start)
     η^(0)   = 2ε
@@ -53,27 +54,38 @@ def checkpoints(steps: int) -> list[tuple[int, int]]:
     return out
 
 
-def _loss_grad(model, x, y, loss):
-    """(loss (N,), ∇_x loss, fooled (N,) bool) at x."""
+def _loss_grad(model, x, y, loss, target=None):
+    """(loss (N,), ∇_x loss, fooled (N,) bool) at x. loss: a name of ATTACK_LOSSES, or a
+    callable (model, x, y, target) -> (loss (N,), decision (N,)) (APGD-T's targeted DLR)."""
     xi = x.detach().requires_grad_(True)
-    per, pred = input_loss(model, xi, y, loss, need_pred=True)
+    if callable(loss):
+        per, pred = loss(model, xi, y, target)
+    else:
+        per, pred = input_loss(model, xi, y, loss, need_pred=True)
     (grad,) = torch.autograd.grad(per.sum(), xi)
     return per.detach(), grad, pred != y
 
 
-def craft(spec, model, x, y, *, tick=None, cancel=None) -> torch.Tensor:
-    """APGD on every (ε, restart, example) row of `spec` (loss spec.loss) -> (E, R, N, ...)."""
+def craft(spec, model, x, y, *, tick=None, cancel=None, loss=None, target=None) -> torch.Tensor:
+    """APGD on every (ε, restart, example) row of `spec` -> (E, R, N, ...).
+
+    loss: spec.loss by default, or a callable (model, x, y, target) -> (loss, decision),
+    given `target` (E·R·N,), one entry per row (`parl_core.apgd_targeted`)."""
     e_n, r_n, n = len(spec.eps), spec.restarts, len(x)
     xa, lo, hi, _ = _layout(spec, x)
     rows, view = len(xa), (-1,) + (1,) * (x.dim() - 1)
     eta = torch.tensor([2.0 * e for e in spec.eps], dtype=x.dtype, device=x.device)
-    yr = y.repeat(e_n * r_n)
-    loss, grad, fooled = _loss_grad(model, xa, yr, spec.loss)
+    yr, objective = y.repeat(e_n * r_n), spec.loss if loss is None else loss
+    if target is not None and target.shape != yr.shape:
+        raise ValueError(f"target must hold one class per row {tuple(yr.shape)}, got {tuple(target.shape)}")
+    loss, grad, fooled = _loss_grad(model, xa, yr, objective, target)
     st = {"x": xa, "prev": xa, "grad": grad, "loss": loss, "best": xa, "best_loss": loss,
           "best_grad": grad, "hit": xa, "fooled": fooled, "lo": lo, "hi": hi, "y": yr,
           "eta": eta.repeat_interleave(r_n * n).view(view), "ups": torch.zeros_like(loss),
           "check_loss": loss, "reduced": torch.zeros_like(fooled),
           "idx": torch.arange(rows, device=x.device)}
+    if target is not None:  # sliced with the rest when fooled rows leave the batch
+        st["t"] = target
     out = xa.clone()
     check_cancel, marks = _stopper(cancel), dict(checkpoints(spec.steps))
 
@@ -91,7 +103,7 @@ def craft(spec, model, x, y, *, tick=None, cancel=None) -> torch.Tensor:
         z = _project(cur + st["eta"] * st["grad"].sign(), st["lo"], st["hi"], spec.bounds)
         new = _project(cur + a * (z - cur) + (1 - a) * (cur - st["prev"]), st["lo"], st["hi"],
                        spec.bounds)
-        loss, grad, now = _loss_grad(model, new, st["y"], spec.loss)
+        loss, grad, now = _loss_grad(model, new, st["y"], objective, st.get("t"))
         st["ups"] = st["ups"] + (loss > st["loss"]).to(loss.dtype)
         better = loss > st["best_loss"]
         b = better.view(view)

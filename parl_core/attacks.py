@@ -1,6 +1,7 @@
 """L∞ attacks in pixel space: the paper's FGSM, BIM, MIM and PGD (Appendix A), and beside
-them APGD-CE, APGD-DLR (`parl_core.apgd`) and the gradient-free Square attack
-(`parl_core.square`), all behind one interface (`attack`, `attack_restarts`).
+them APGD-CE, APGD-DLR (`parl_core.apgd`), APGD-T (`parl_core.apgd_targeted`) and the
+gradient-free Square attack (`parl_core.square`), all behind one interface (`attack`,
+`attack_restarts`).
 
 One loop serves the paper's four; they differ only where their definitions do (DESIGN §2):
 
@@ -35,13 +36,15 @@ __all__ = ["attack", "attack_restarts", "ATTACKS", "EXTRA_ATTACKS", "ALL_ATTACKS
            "ATTACK_LOSSES", "AttackCancelled", "input_loss", "vote_loss", "eval_mode"]
 
 ATTACKS = ("fgsm", "bim", "mim", "pgd")  # the paper's four: the evaluation's default
-EXTRA_ATTACKS = ("apgd-ce", "apgd-dlr", "square", "mi-di", "pgd-vote")
+EXTRA_ATTACKS = ("apgd-ce", "apgd-dlr", "square", "mi-di", "pgd-vote", "apgd-t")
 ALL_ATTACKS = ATTACKS + EXTRA_ATTACKS
 ATTACK_LOSSES = ("ensemble", "members", "margin", "vote", "dlr")
-RANDOM_ATTACKS = ("pgd", "apgd-ce", "apgd-dlr", "square", "mi-di", "pgd-vote")  # random draws
-# The loss is set by the name; "pgd-vote" is PGD (same start, steps, step size) on `vote_loss`.
-_FIXED_LOSS = {"apgd-ce": "ensemble", "apgd-dlr": "dlr", "square": "margin", "pgd-vote": "vote"}
-_OWN_SCHEDULE = ("apgd-ce", "apgd-dlr", "square")  # step_size ignored
+RANDOM_ATTACKS = ("pgd", "apgd-ce", "apgd-dlr", "square", "mi-di", "pgd-vote", "apgd-t")  # random draws
+# The loss is set by the name; "pgd-vote" is PGD (same start, steps, step size) on `vote_loss`;
+# "apgd-t" crafts on the targeted DLR (`apgd_targeted`) and picks among restarts by "dlr".
+_FIXED_LOSS = {"apgd-ce": "ensemble", "apgd-dlr": "dlr", "square": "margin", "pgd-vote": "vote",
+               "apgd-t": "dlr"}
+_OWN_SCHEDULE = ("apgd-ce", "apgd-dlr", "square", "apgd-t")  # step_size ignored
 _PGD_LOOP = ATTACKS + ("pgd-vote",)  # crafted by `_craft`
 
 
@@ -212,7 +215,7 @@ def _layout(spec: _Spec, x: torch.Tensor):
     xs = x.unsqueeze(0).unsqueeze(0).expand(e_n, r_n, *x.shape).reshape(rows, *shape)
     lo, hi = xs - eps, xs + eps
     x0 = xs.clone()
-    if spec.name in ("pgd", "pgd-vote", "apgd-ce", "apgd-dlr"):  # uniform start in the ε-ball, per (restart, ε)
+    if spec.name in ("pgd", "pgd-vote", "apgd-ce", "apgd-dlr", "apgd-t"):  # uniform start, per (restart, ε)
         x0 = x0.view(e_n, r_n, *x.shape)
         for r in range(r_n):
             for i, e in enumerate(spec.eps):
@@ -337,8 +340,9 @@ def _run(name, model, x, y, eps, steps, step_size, restarts, decay, seed, bounds
         if spec.name in _PGD_LOOP:
             adv, path = _craft(spec, work, xd, yd, record_path=record_path, tick=tick, cancel=cancel)
         else:  # the stronger attacks live in their own modules
-            from . import apgd, midi, square
-            craft = {"square": square.craft, "mi-di": midi.craft}.get(spec.name, apgd.craft)
+            from . import apgd, apgd_targeted, midi, square
+            craft = {"square": square.craft, "mi-di": midi.craft,
+                     "apgd-t": apgd_targeted.craft}.get(spec.name, apgd.craft)
             adv, path = craft(spec, work, xd, yd, tick=tick, cancel=cancel), None
         per = fooled = None
         if score:  # one more forward, only to pick among restarts
@@ -365,20 +369,24 @@ def attack(name, model, x, y, eps, steps=50, step_size=None, restarts=1, decay=0
     name: one of ALL_ATTACKS: the paper's "fgsm" | "bim" | "mim" | "pgd" (ATTACKS), and
       "apgd-ce" | "apgd-dlr" (`parl_core.apgd`) | "square" (`parl_core.square`) | "mi-di"
       (`parl_core.midi`: MIM through a random resize-and-pad, a transfer attack) | "pgd-vote"
-      (PGD on `vote_loss`: an attack on the majority vote itself, at PGD's budget).
+      (PGD on `vote_loss`: an attack on the majority vote itself, at PGD's budget) | "apgd-t"
+      (`parl_core.apgd_targeted`: APGD on the targeted DLR loss, ≥ 4 classes; restart r
+      targets the (r+1)-th most likely wrong class, so AutoAttack's apgd-t is restarts=9).
     model: nn.Module (logits) or Ensemble.
     x: (N, ...) inputs within `bounds` ((0, 1) pixels; None: no range, e.g. 2-D data).
     eps: a float -> (N, ...); a list of E floats -> (E, N, ...), crafted in one batched loop.
     steps: iterations of BIM/MIM/PGD/APGD; Square's queries after its first; FGSM: 1.
     step_size: α of BIM/MIM/PGD (default ε/5); ignored by APGD (own schedule) and Square.
-    restarts: random starts of PGD, APGD and Square, MI-DI's independent diversity draws (seeds `seed`, restart r its own); per
+    restarts: random starts of PGD, APGD and Square, MI-DI's independent diversity draws,
+      APGD-T's target classes (seeds `seed`, restart r its own); per
       example the restart that fools the model, and among those (or all, if none does) the
       one with the highest loss, is returned. FGSM, BIM and MIM are deterministic: 1.
     decay: MIM's momentum decay (paper: 0.01).  seed: the random starts.
     loss: FGSM/BIM/MIM/PGD's loss, one of ATTACK_LOSSES (`input_loss`): "ensemble" (CE of
       the log-mean-softmax), "members" (members' mean CE), "margin" (CW), "vote" (the
       majority vote, `vote_loss`), "dlr". The names fix APGD-CE's ("ensemble"), APGD-DLR's
-      ("dlr"), Square's ("margin") and PGD-vote's ("vote").
+      ("dlr"), Square's ("margin") and PGD-vote's ("vote"); APGD-T crafts on the targeted
+      DLR and ranks its restarts by "dlr".
     early_stop: examples the model already misclassifies stop moving (off: as the paper);
       Square always stops querying an example once the model is fooled (as published).
     return_path: also return the iterates (steps+1, N, ...) from x^(0) (one ε, restarts=1;
@@ -416,7 +424,8 @@ def attack_restarts(name, model, x, y, eps, steps=50, step_size=None, restarts=1
     scored model classifies every restart's example correctly (DESIGN §3). FGSM, BIM and
     MIM are deterministic, so they return R = 1. first_restart: PGD's, APGD's and Square's
     restarts are first_restart … first_restart + restarts − 1 of the same seed, so passes
-    over subsets of the restarts draw exactly what one pass over all of them draws.
+    over subsets of the restarts draw exactly what one pass over all of them draws (APGD-T's
+    restart r, its target rank too).
     """
     _, (adv, _, _, _) = _run(name, model, x, y, eps, steps, step_size, restarts, decay, seed,
                              bounds, loss, early_stop, False, on_step, cancel,

@@ -58,7 +58,8 @@ def table_checks(df, mode: str) -> list:
     return checks
 
 
-GRADIENT_ATTACKS = {"fgsm", "bim", "mim", "pgd", "apgd-ce", "apgd-dlr", "mi-di", "pgd-vote"}
+GRADIENT_ATTACKS = {"fgsm", "bim", "mim", "pgd", "apgd-ce", "apgd-dlr", "mi-di", "pgd-vote",
+                    "apgd-t"}
 
 
 def _check_gradient_free(attacked) -> dict:

@@ -26,7 +26,7 @@ def _acc(model, x, y) -> float:
 
 def test_names():
     assert ATTACKS == ("fgsm", "bim", "mim", "pgd") == pc.ATTACKS
-    assert EXTRA_ATTACKS == ("apgd-ce", "apgd-dlr", "square", "mi-di", "pgd-vote")
+    assert EXTRA_ATTACKS == ("apgd-ce", "apgd-dlr", "square", "mi-di", "pgd-vote", "apgd-t")
     assert ALL_ATTACKS == ATTACKS + EXTRA_ATTACKS
 
 
