@@ -133,6 +133,15 @@ def _add_train(sub, common):
     p.add_argument("--out", default=None, help="checkpoint path (default checkpoints/<name>.safetensors)")
     p.add_argument("--force", action="store_true", help="overwrite an existing checkpoint")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run at --out")
+    p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                   help="train every combination of the values (repeatable: seed, method, layers, "
+                        "gamma2, ...); --out names each run, e.g. 'runs/{method}_s{seed}.safetensors' "
+                        "(parl_core.sweep); rerun to finish an interrupted sweep")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="with --sweep: run the trainings on a Ray cluster (see `reproduce --ray`)")
+    p.add_argument("--ray-cpus", type=float, default=1, metavar="N", help="CPUs each run asks for")
+    p.add_argument("--ray-gpus", type=float, default=None, metavar="N",
+                   help="GPUs each run asks for (default: 1 on a cluster with GPUs, else 0)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bar or progress lines (the per-epoch lines stay)")
     p.set_defaults(func=cmd_train)
@@ -172,6 +181,12 @@ def _check_warm_start(args) -> None:
 
 
 def cmd_train(args) -> int:
+    if args.sweep:
+        from .sweep import run_sweep
+        return run_sweep(args)
+    if args.ray is not None:
+        raise SystemExit("--ray trains on a cluster with --sweep; for one training on several "
+                         "GPUs use torchrun (README, 'Scaling out')")
     if args.method not in METHODS:
         raise SystemExit(f"unknown method {args.method!r}; expected one of {', '.join(sorted(METHODS))}")
     params = _method_params(args)
@@ -357,6 +372,7 @@ def main(argv=None) -> int:
     add_prepare_command(sub, common)
     add_import_command(sub, common)
     args = parser.parse_args(argv)
+    args._argv = list(sys.argv[1:] if argv is None else argv)  # as typed (train --sweep rebuilds it)
     threads = getattr(args, "threads", None)
     if threads is not None:
         if threads < 1:
@@ -364,7 +380,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(threads)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, ConnectionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

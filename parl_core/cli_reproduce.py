@@ -48,6 +48,13 @@ def add_reproduce_command(sub, common) -> None:
     p.add_argument("--data-root", default=None, help="folder holding the CIFAR folders")
     p.add_argument("--dry-run", action="store_true", help="print the plan and a timed estimate; run nothing")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the units on a Ray cluster: ADDRESS as ray.init takes it (auto, "
+                        "HOST:6379, ray://HOST:10001); without one, the cluster in RAY_ADDRESS or a "
+                        "new local one. --out must be on a filesystem every node sees")
+    p.add_argument("--ray-cpus", type=float, default=1, metavar="N", help="CPUs each unit asks for")
+    p.add_argument("--ray-gpus", type=float, default=None, metavar="N",
+                   help="GPUs each unit asks for (default: 1 on a cluster with GPUs, else 0)")
     p.set_defaults(func=cmd_reproduce)
 
 
@@ -68,10 +75,19 @@ def cmd_reproduce(args) -> int:
         return 0
     text = (lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v))  # noqa: E731
     flags = [f"--{k.replace('_', '-')} {shlex.quote(text(v))}" for k, v in vars(args).items()
-             if k not in ("command", "func", "scale", "dry_run", "quiet") and v is not None]
+             if k not in ("command", "func", "scale", "dry_run", "quiet", "ray", "ray_cpus",
+                          "ray_gpus") and v is not None]
+    command = f"python -m parl_core reproduce --scale {args.scale} " + " ".join(flags)
     try:
-        path = reproduce(plan, out, device=args.device, data_root=args.data_root, quiet=args.quiet,
-                         command=f"python -m parl_core reproduce --scale {args.scale} " + " ".join(flags))
+        if args.ray is not None:  # the same units, files and report, on a Ray cluster
+            from .reproduce_ray import _print_event, reproduce_on_ray
+            path = reproduce_on_ray(plan, out, address=args.ray or None, cpus=args.ray_cpus,
+                                    gpus=args.ray_gpus, threads=getattr(args, "threads", None),
+                                    device=args.device, data_root=args.data_root, quiet=args.quiet,
+                                    on_event=None if args.quiet else _print_event, command=command)
+        else:
+            path = reproduce(plan, out, device=args.device, data_root=args.data_root, quiet=args.quiet,
+                             command=command)
     except (KeyboardInterrupt, Interrupted) as e:
         print(f"interrupted ({e or 'Ctrl-C'}); finished units are kept: rerun the same command to "
               "continue", file=sys.stderr)

@@ -331,30 +331,61 @@ def _run_cka(u: Unit, out: Path, ctx: dict) -> dict:
             "data_source": test.info.get("source", f"{test.name} test split")}
 
 
+def check_data(plan: Plan, data_root) -> None:
+    """FileNotFoundError naming the dataset when its training data is not found."""
+    for ds in plan.config["datasets"]:
+        if data_identity(ds, data_root, "train") is None:
+            raise FileNotFoundError(f"{ds}: no training data under the data root "
+                                    f"{data_root or '$PARL_DATA or ./data'}; pass --data-root, or run "
+                                    f"`python -m parl_core data {ds}`")
+
+
+def reusable(out: Path, u: Unit, records: dict):
+    """The unit's marker when it finished and was made from its dependencies' current
+    weights, else None (a stale output of a retrained dependency is removed)."""
+    rec = unit_done(out, u)
+    if rec is not None and any(records[d]["outputs"]["checkpoint_hash"] != h
+                               for d, h in rec["dep_hashes"].items()):
+        _ckpt(out, u.name).unlink(missing_ok=True)
+        return None
+    return rec
+
+
+def run_unit(u: Unit, out: Path, ctx: dict) -> dict:
+    """A unit's outputs (it writes its checkpoint or caches into `out`)."""
+    return (_run_train(u, out, ctx) if u.kind == "train" else
+            _run_cka(u, out, ctx) if u.kind == "cka" else _run_eval(u, out, ctx))
+
+
+def finish_unit(out: Path, u: Unit, outputs: dict, records: dict, seconds: float, device,
+                **extra) -> dict:
+    """Write the unit's marker (atomically, after its outputs) and keep it in `records`."""
+    from .checkpoint_eval import _write_atomic
+    rec = {"name": u.name, "kind": u.kind, "roles": u.roles, "dataset": u.dataset, "seed": u.seed,
+           "settings": u.settings, "deps": list(u.deps), "outputs": outputs,
+           "dep_hashes": {d: records[d]["outputs"]["checkpoint_hash"] for d in u.deps},
+           "seconds": seconds, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+           "device": str(device or "default"), **extra}
+    _write_atomic(_marker(out, u.name), json.dumps(rec, indent=1))
+    records[u.name] = rec
+    return rec
+
+
 def reproduce(plan: Plan, out, *, device=None, data_root=None, quiet=True, on_event=None,
               command=None) -> Path:
     """Run every unfinished unit of `plan` into `out`, then write the report; returns the
     path of report.md. on_event(dict) gets {"event": "unit_start" | "unit_done", "unit": name,
     "kind", "index", "total", "reused" (unit_done: True when it was already finished),
     "seconds"}. Ctrl-C (or an exception from on_event) stops after the last finished unit.
-    data_root: default, the plan's."""
-    from .checkpoint_eval import _write_atomic
+    data_root: default, the plan's. On a Ray cluster: `parl_core.reproduce_ray`."""
     from .report import write_report
     out, data_root = Path(out), plan.data_root if data_root is None else data_root
-    for ds in plan.config["datasets"]:
-        if data_identity(ds, data_root, "train") is None:
-            raise FileNotFoundError(f"{ds}: no training data under the data root "
-                                    f"{data_root or '$PARL_DATA or ./data'}; pass --data-root, or run "
-                                    f"`python -m parl_core data {ds}`")
+    check_data(plan, data_root)
     (out / "units").mkdir(parents=True, exist_ok=True)
     ctx = {"device": device, "data_root": data_root, "quiet": quiet}
     emit, records = on_event or (lambda ev: None), {}
     for i, u in enumerate(plan.units, 1):
-        rec = unit_done(out, u)
-        if rec is not None and any(records[d]["outputs"]["checkpoint_hash"] != h
-                                   for d, h in rec["dep_hashes"].items()):
-            rec = None  # made from other weights of a dependency (retrained): redo it
-            _ckpt(out, u.name).unlink(missing_ok=True)
+        rec = reusable(out, u, records)
         if rec is not None:
             records[u.name] = rec
             emit({"event": "unit_done", "unit": u.name, "kind": u.kind, "index": i,
@@ -364,15 +395,8 @@ def reproduce(plan: Plan, out, *, device=None, data_root=None, quiet=True, on_ev
         if not quiet:
             print(f"[{i}/{len(plan.units)}] {u.name} ({', '.join(u.roles)})", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        outputs = (_run_train(u, out, ctx) if u.kind == "train" else
-                   _run_cka(u, out, ctx) if u.kind == "cka" else _run_eval(u, out, ctx))
-        rec = {"name": u.name, "kind": u.kind, "roles": u.roles, "dataset": u.dataset, "seed": u.seed,
-               "settings": u.settings, "deps": list(u.deps), "outputs": outputs,
-               "dep_hashes": {d: records[d]["outputs"]["checkpoint_hash"] for d in u.deps},
-               "seconds": time.perf_counter() - t0, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "device": str(device or "default")}
-        _write_atomic(_marker(out, u.name), json.dumps(rec, indent=1))
-        records[u.name] = rec
+        outputs = run_unit(u, out, ctx)
+        rec = finish_unit(out, u, outputs, records, time.perf_counter() - t0, device)
         emit({"event": "unit_done", "unit": u.name, "kind": u.kind, "index": i,
               "total": len(plan.units), "reused": False, "seconds": rec["seconds"]})
     return write_report(plan, out, records, command=command)
