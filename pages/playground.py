@@ -6,15 +6,15 @@ Runs through the app's st.navigation and standalone (`streamlit run pages/playgr
 Every setting is in the URL (dashboard/state.py), so a teacher can prepare links.
 
 How it stays responsive: training runs in a background thread (parl_core.playground_live)
-a couple of epochs ahead of the screen; a fragment reruns every FRAME_S while playing and
-only hands the next epoch's arrays to a canvas component that repaints in place
-(dashboard/components/playground_canvas). Play, Pause, Step and Reset act in their
+up to AHEAD epochs ahead of the screen; while playing, a fragment reruns every BATCH_S and
+hands every epoch trained since its last run to a canvas component
+(dashboard/components/playground_canvas), which plays them one per FRAME_MS on its own
+timer and repaints in place: the frame rate is set by training, not by rerun latency. Play, Pause, Step and Reset act in their
 callbacks (a flag for the thread, or one epoch), before anything is drawn again. The
 plotly analysis charts below are drawn in full reruns only (Play, Pause, Step, a
 setting), so the browser spends play mode on the canvas.
 """
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,14 +26,16 @@ import streamlit as st  # noqa: E402
 
 import parl_core as pc  # noqa: E402
 from dashboard import state  # noqa: E402
-from dashboard.components.playground_canvas import playground_canvas, view_payload  # noqa: E402
+from dashboard.components.playground_canvas import frames_payload, playground_canvas  # noqa: E402
 from dashboard.state import Param, fmt_bool, parse_bool, parse_optional  # noqa: E402
 from dashboard.ui import chart  # noqa: E402
 from parl_core.playground import ATTACKS_2D, PlaygroundConfig, playground_methods  # noqa: E402
 from parl_core.playground_live import LiveRun, fooled_text  # noqa: E402
 from parl_core.plots.playground import alignment_figure, layer_cosine_figure, transfer_figure  # noqa: E402
 
-FRAME_S = 0.1  # play mode: the canvas fragment asks for the next epoch this often
+BATCH_S = 0.4   # play mode: the fragment collects the epochs trained since its last run this often
+FRAME_MS = 100  # the canvas draws at most one epoch per FRAME_MS (10 per second)
+AHEAD = 8       # epochs the background run may train beyond what the page has taken
 DEFAULT = PlaygroundConfig()
 P = "k_pg_"  # widget keys (state.KEEP prefix: kept while another page is shown)
 S = st.session_state
@@ -122,7 +124,7 @@ def live_for(configs: dict) -> LiveRun:
     if live is None or live.configs != configs:
         if live is not None:
             live.pause()
-        live = S.pg_live = LiveRun(configs)
+        live = S.pg_live = LiveRun(configs, ahead=AHEAD)
     return live
 
 
@@ -179,9 +181,12 @@ def _pick_point(live: LiveRun, click: dict) -> None:
 
 
 def status_line(view, live: LiveRun) -> None:
-    now = time.perf_counter()
-    last, S.pg_last_frame = S.get("pg_last_frame"), now
-    fps = f" · {1 / (now - last):.1f} frames/s" if live.playing and last else ""
+    """Paused: the epoch on screen and its numbers. Playing: how far training has got (the
+    canvas plays the epochs in turn, its titles and curves carry each one's numbers)."""
+    if live.playing:
+        st.markdown(f"**Playing** · trained up to epoch {view.epoch}; the plots show each epoch in "
+                    "turn, with its accuracies in the titles and the curves on the right.")
+        return
     parts = []
     for r in view.runs:
         h = r.frame.history[-1] if r.frame.history else None
@@ -191,25 +196,28 @@ def status_line(view, live: LiveRun) -> None:
                          + f", mean pairwise R/K {h['r_mean']:+.2f}")
     floor = -1 / (view.runs[0].config.members - 1)
     st.markdown(f"**Epoch {view.epoch}**" + (" · " + " · ".join(parts) if parts else "")
-                + (f" (floor {floor:+.2f})" if parts else "") + fps)
+                + (f" (floor {floor:+.2f})" if parts else ""))
 
 
 def live_view() -> None:
-    """The canvas and what it says; reruns every FRAME_S while playing."""
+    """The canvas and what it says; reruns every BATCH_S while playing."""
     live = S.pg_live
     playing = live.playing
     if live.error:
         st.error(f"Training stopped: {live.error}. Press Reset or change a setting.")
-    view = live.next_view() if playing else live.current()
+    views = live.next_views() if playing else [live.current()]
+    view = views[-1]
     status_line(view, live)
-    result = playground_canvas(view_payload(view, playing=playing), key="pg_canvas", on_click=lambda: None)
+    result = playground_canvas(frames_payload(views, playing=playing, frame_ms=FRAME_MS), key="pg_canvas",
+                               on_click=lambda: None)
     atk = view.settings
     st.caption(f"Each plot is one member (last: the majority vote): shading is its confidence, the black "
                f"line its boundary, the arrows the way its loss rises. The {atk[2].upper()} path (ε = "
                f"{atk[3]:g}) starts at point #{atk[0]} and is crafted on **M{atk[1] + 1}** only; every plot "
                f"says what it did there: *holds* (still right), *fooled* (right before, wrong after, red ✗) "
                f"or *already wrong* (wrong before the attack, grey ✗). "
-               + " ".join(f"**{r.name}** — {fooled_text(r.verdicts)}" for r in view.runs)
+               + (" ".join(f"**{r.name}** at epoch {view.epoch} — {fooled_text(r.verdicts)}" for r in view.runs)
+                  if not playing else "Pause to read the verdicts of the epoch on screen.")
                + " Click a plot to attack the nearest point.")
     click = getattr(result, "click", None)
     if click:
@@ -272,5 +280,5 @@ live = live_for(config_widgets())
 controls(live)
 attack_widgets(live)
 state.state_to_url(URL)
-st.fragment(live_view, run_every=FRAME_S if live.playing else None)()
+st.fragment(live_view, run_every=BATCH_S if live.playing else None)()
 analysis_view(live)

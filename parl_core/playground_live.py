@@ -168,15 +168,27 @@ class LiveRun:
     def next_view(self) -> LiveView:
         """While playing: the oldest view not shown yet (else the last shown); never waits
         for training. Paused: `current()`."""
+        return self.next_views(1)[0]
+
+    def next_views(self, limit: int | None = None) -> list:
+        """While playing: every view not handed out yet, oldest first (at most `limit`),
+        else [the last one handed out]; never waits for training. Paused: [`current()`].
+        A screen that animates the views itself (the Playground's canvas plays them at its
+        own frame rate) takes them all at once, so the frame rate does not depend on how
+        often the page asks."""
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"limit must be None or an int >= 1, got {limit!r}")
         with self._cond:
             self._last_seen = time.monotonic()
             if self._queue:
-                self._shown = self._queue.popleft()
+                n = len(self._queue) if limit is None else min(limit, len(self._queue))
+                out = [self._queue.popleft() for _ in range(n)]
+                self._shown = out[-1]
                 self._cond.notify_all()
-                return self._shown
+                return out
             if self._playing and self._shown is not None:
-                return self._shown
-        return self.current()
+                return [self._shown]
+        return [self.current()]
 
     # ------------------------------------------------------------------ controls
     def play(self) -> None:

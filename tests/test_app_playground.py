@@ -174,3 +174,33 @@ def test_a_bad_link_falls_back_to_the_defaults_with_a_warning():
     assert at.warning and next(iter(_live(at).configs.values())).members == 3
     at = _app(m="x")
     assert any("m" in w.value for w in at.warning)
+
+
+def test_play_mode_sends_every_new_epoch_in_one_message():
+    """Playing, the canvas gets the epochs trained since the last rerun in one message
+    (it plays them on its own timer); paused, one frame drawn at once."""
+    from dashboard.components.playground_canvas import FRAMES_MAGIC, frames_payload, unpack_frames
+    at = _app()
+    at.button(key="pg_play").click().run()
+    live = _live(at)
+    deadline = time.monotonic() + 120
+    while live.epoch < 4:  # the thread trains ahead while nobody reruns the page
+        time.sleep(0.05)
+        assert time.monotonic() < deadline
+    at.run()
+    (canvas,) = at.get("bidi_component")
+    frames = unpack_frames(canvas.proto.bytes)
+    epochs = [h["epoch"] for h, _ in frames]
+    assert canvas.proto.bytes[:4] == FRAMES_MAGIC and len(frames) >= 2
+    assert epochs == list(range(epochs[0], epochs[0] + len(epochs)))  # consecutive, oldest first
+    assert all(h["playing"] and h["frame_ms"] == 100 for h, _ in frames)
+    assert any(m.value.startswith("**Playing**") for m in at.markdown)
+    _stop(at)
+    at.run()
+    (canvas,) = at.get("bidi_component")
+    (head, _), = unpack_frames(canvas.proto.bytes)
+    assert not head["playing"] and head["epoch"] == live.epoch == _shown_epoch(at)
+    with pytest.raises(ValueError, match="frame_ms"):
+        frames_payload([live.current()], playing=False, frame_ms=1)
+    with pytest.raises(ValueError, match="at least one"):
+        frames_payload([], playing=False)

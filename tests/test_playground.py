@@ -369,3 +369,17 @@ def test_view_verdicts_match_the_members_at_that_epoch(live):
         live.step()
     with pytest.raises(ValueError, match="member"):
         live.set_attack(0, 7)
+
+
+def test_next_views_hands_out_every_trained_epoch_once_in_order(live):
+    live.play()
+    got = []
+    _wait(lambda: got.extend(v.epoch for v in live.next_views()) or (got and got[-1] >= 5))
+    live.pause()
+    assert live.settle()
+    fresh = sorted(set(got))
+    assert fresh == list(range(fresh[0], fresh[-1] + 1))  # none skipped
+    (v,) = live.next_views()  # paused: the latest epoch trained, one view
+    assert v.epoch == live.epoch
+    with pytest.raises(ValueError, match="limit"):
+        live.next_views(0)

@@ -2,7 +2,11 @@
 // and the attack path, the vote, and the training curves, drawn on one <canvas>.
 //
 // Data arrive as one binary message (dashboard/components/playground_canvas.py `pack`):
-// a uint32 header length, a JSON header, then typed arrays at 4-byte aligned offsets.
+// a uint32 header length, a JSON header, then typed arrays at 4-byte aligned offsets; in
+// play mode several such frames in one message ("PGF1", a count, then length + frame each),
+// which this code queues and draws one every header.frame_ms on its own timer, so the
+// frame rate does not depend on how often the page reruns. A frame that is not "playing"
+// (Pause, Step, Reset, a paused page) is drawn at once and empties the queue.
 // Drawing is a few milliseconds (no DOM rebuilt, no plotting library): a new epoch only
 // repaints the canvas. A click on a member or vote plot sends its data coordinates back
 // (trigger "click"), so the page can pick the nearest training point.
@@ -38,6 +42,46 @@ function unpack(bytes) {
     arrays[name] = dtype === "float32" ? new Float32Array(buf.buffer, at, n) : new Uint8Array(buf.buffer, at, n);
   }
   return { head, arrays };
+}
+
+function unpackAll(bytes) {  // one frame, or a "PGF1" message of several
+  if (bytes.length < 8 || bytes[0] !== 80 || bytes[1] !== 71 || bytes[2] !== 70 || bytes[3] !== 49)
+    return [unpack(bytes)];
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const frames = [];
+  for (let i = 0, n = dv.getUint32(4, true), at = 8; i < n; i++) {
+    const len = dv.getUint32(at, true);
+    frames.push(unpack(bytes.subarray(at + 4, at + 4 + len)));
+    at += 4 + len;
+  }
+  return frames;
+}
+
+const MAX_QUEUE = 24;  // a browser slower than training drops the oldest queued epochs
+
+function receive(st, frames) {
+  const last = frames[frames.length - 1];
+  if (!last.head.playing) {  // paused: the last frame, now
+    st.queue = [];
+    if (st.timer) { clearInterval(st.timer); st.timer = null; }
+    st.payload = last;
+    draw(st);
+    return;
+  }
+  const tail = st.queue.length ? st.queue[st.queue.length - 1] : st.payload;
+  const newest = tail ? tail.head.epoch : -1;
+  for (const f of frames) if (f.head.epoch > newest) st.queue.push(f);
+  if (st.queue.length > MAX_QUEUE) st.queue.splice(0, st.queue.length - MAX_QUEUE);
+  if (!st.payload) { st.payload = st.queue.shift() || last; draw(st); }
+  const ms = last.head.frame_ms || 100;
+  if (!st.timer || st.timerMs !== ms) {
+    if (st.timer) clearInterval(st.timer);
+    st.timerMs = ms;
+    st.timer = setInterval(() => {
+      if (!st.canvas.isConnected) { clearInterval(st.timer); st.timer = null; return; }
+      if (st.queue.length) { st.payload = st.queue.shift(); draw(st); }
+    }, ms);
+  }
 }
 
 function layout(head, width) {
@@ -240,15 +284,12 @@ export default function (component) {
     canvas.className = "parl-playground";
     canvas.setAttribute("role", "img");
     parentElement.appendChild(canvas);
-    st = { canvas, payload: null, layout: null };
+    st = { canvas, payload: null, layout: null, queue: [], timer: null, timerMs: 0 };
     STATE.set(parentElement, st);
     new ResizeObserver(() => {  // redraw for a new width only (our own height change is no news)
       if (parentElement.clientWidth !== st.width) draw(st);
     }).observe(parentElement);
   }
   st.canvas.onclick = (ev) => onClick(st, ev, setTriggerValue);
-  if (data && data.length) {
-    st.payload = unpack(data instanceof Uint8Array ? data : new Uint8Array(data));
-    draw(st);
-  }
+  if (data && data.length) receive(st, unpackAll(data instanceof Uint8Array ? data : new Uint8Array(data)));
 }

@@ -9,8 +9,14 @@ set by training. Why binary: a frame is ~40 KB of uint8/float32 arrays (regions 
 ~400 KB of JSON numbers.
 
     payload = view_payload(view)               # bytes (parl_core.playground_live.LiveView)
+    payload = frames_payload(views, playing=True, frame_ms=100)   # several epochs at once
     playground_canvas(payload, key="pg_canvas", on_click=callback)
-    header, arrays = unpack(payload)           # what the browser gets, for tests
+    header, arrays = unpack(payload)           # what the browser draws last, for tests
+
+Play mode sends every epoch trained since the page last asked, in one message; the
+browser queues them and draws one every `frame_ms` (its own timer), so the frame rate is
+set by training and the canvas, not by how often Streamlit reruns the page. A message
+with "playing" false is drawn at once and empties the queue (Pause, Step, Reset).
 """
 from __future__ import annotations
 
@@ -23,7 +29,8 @@ import streamlit as st
 
 import parl_core as pc
 
-__all__ = ["pack", "unpack", "view_payload", "titles", "playground_canvas", "summary"]
+__all__ = ["pack", "unpack", "unpack_frames", "view_payload", "frames_payload", "titles",
+           "playground_canvas", "summary", "FRAMES_MAGIC"]
 
 _JS = (Path(__file__).with_name("playground_canvas.js")).read_text()
 _CSS = """
@@ -50,8 +57,40 @@ def pack(header: dict, arrays: dict) -> bytes:
     return struct.pack("<I", len(head)) + head + b"".join(body)
 
 
+FRAMES_MAGIC = b"PGF1"  # a message of several frames: magic, uint32 count, (uint32 length, frame)*
+
+
+def frames_payload(views, *, playing: bool, frame_ms: int = 100) -> bytes:
+    """Several LiveViews (oldest first) in one message the canvas plays one per
+    `frame_ms` milliseconds."""
+    views = list(views)
+    if not views:
+        raise ValueError("views: give at least one LiveView")
+    if not isinstance(frame_ms, int) or not 10 <= frame_ms <= 5000:
+        raise ValueError(f"frame_ms must be an int in 10..5000, got {frame_ms!r}")
+    blobs = [view_payload(v, playing=playing, frame_ms=frame_ms) for v in views]
+    return FRAMES_MAGIC + struct.pack("<I", len(blobs)) + b"".join(
+        struct.pack("<I", len(b)) + b for b in blobs)
+
+
+def unpack_frames(data: bytes) -> list:
+    """[(header, arrays)] of a `frames_payload` (or one `pack`ed frame)."""
+    data = bytes(data)
+    if data[:4] != FRAMES_MAGIC:
+        return [unpack(data)]
+    (count,), at, out = struct.unpack_from("<I", data, 4), 8, []
+    for _ in range(count):
+        (n,) = struct.unpack_from("<I", data, at)
+        out.append(unpack(data[at + 4:at + 4 + n]))
+        at += 4 + n
+    return out
+
+
 def unpack(data: bytes) -> tuple[dict, dict]:
-    """The inverse of `pack`: (header, {name: array})."""
+    """The inverse of `pack`: (header, {name: array}); of a `frames_payload`, its last frame
+    (what the browser shows once it has played them)."""
+    if bytes(data[:4]) == FRAMES_MAGIC:
+        return unpack_frames(data)[-1]
     (n,) = struct.unpack_from("<I", data, 0)
     head = json.loads(data[4:4 + n])
     base, arrays = 4 + n, {}
@@ -94,7 +133,7 @@ def _xy(px, py) -> np.ndarray:
     return np.stack([np.asarray(px, np.float32), np.asarray(py, np.float32)], 1)
 
 
-def view_payload(view, *, playing: bool = False) -> bytes:
+def view_payload(view, *, playing: bool = False, frame_ms: int = 100) -> bytes:
     """The bytes the canvas draws for a LiveView (parl_core.playground_live)."""
     first = view.runs[0].frame
     arrays = {"train.x": first.train_x.astype(np.float32), "train.y": first.train_y.astype(np.uint8),
@@ -122,7 +161,8 @@ def view_payload(view, *, playing: bool = False) -> bytes:
                      "bounds": [float(f.xs[0]), float(f.xs[-1]), float(f.ys[0]), float(f.ys[-1])],
                      "titles": titles(run), "verdicts": list(run.verdicts),
                      "attacked": int(run.attack["member"]), "floor": float(f.floor)})
-    header = {"epoch": int(view.epoch), "playing": bool(playing), "runs": runs, "summary": summary(view)}
+    header = {"epoch": int(view.epoch), "playing": bool(playing), "frame_ms": int(frame_ms), "runs": runs,
+              "summary": summary(view)}
     return pack(header, arrays)
 
 
