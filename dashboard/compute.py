@@ -15,6 +15,7 @@ import streamlit as st
 import torch
 
 import parl_core as pc
+from parl_core.stored_results import layercos_value
 
 from . import cache, config, persist
 
@@ -204,9 +205,9 @@ def ensemble_cka(r: Ref, dataset: str, n: int, batch_size: int, estimator: str) 
 def layer_cosines(r: Ref, dataset: str, n: int, feature: str) -> dict:
     """Per layer k = 1..L, the checkpoint's mean pairwise layer-gradient cosine on the first n
     test examples (evaluation order) with PARL's F^k read as `feature`, and its range over
-    the examples (0 where the cosine is the same at every input, e.g. layer 1 "pre_bn")."""
+    the examples (0 where the cosine is the same at every input, e.g. layer 1 "pre_bn").
+    The value of the persisted kind "layercos" (parl_core.stored_results.layercos_value),
+    the one `python -m parl_core prepare` stores at the page's defaults."""
     ds = evaluation_examples(dataset, n)
     ens, _ = cache._ensemble(*r)
-    per = pc.layer_cosines(ens, ds.images, feature=feature, per_example=True).numpy()  # (L, n)
-    return {"per_layer": per.mean(1), "spread": np.ptp(per, axis=1), "members": len(ens.members),
-            "n": int(n), "feature": feature}
+    return layercos_value(ens, ds.images, feature)

@@ -46,8 +46,8 @@ def add_evaluate(sub, common):
     p.add_argument("--decay", type=float, default=0.01, help="MIM momentum decay")
     p.add_argument("--loss", default="ensemble", choices=ATTACK_LOSSES,
                    help="the loss of FGSM/BIM/MIM/PGD: CE of the log-mean-softmax, the members' "
-                        "mean CE, the margin (CW) loss, the vote loss, DLR (APGD-CE/-DLR, Square "
-                        "and PGD-vote fix their own)")
+                        "mean CE, the margin (CW) loss, the vote loss, DLR (APGD-CE/-DLR, apgd-t, "
+                        "Square and pgd-vote fix their own)")
     p.add_argument("--per-attack", action="store_true",
                    help="evaluate and cache each attack on its own, then merge (worst-case row "
                         "from the per-example verdicts): a long evaluation resumes at the first "

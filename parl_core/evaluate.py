@@ -161,9 +161,10 @@ def robustness_curve(target, x, y, *, attacks=ATTACKS, eps=None, surrogate=None,
     one, the examples are crafted on it once and scored on every target (black-box
     transfer), else on each target (white-box). x (N, ...), y (N,): the evaluation
     examples. Attacks: any of `parl_core.attacks.ALL_ATTACKS` (the paper's four, APGD-CE,
-    APGD-DLR, Square, MI-DI). Attack parameters as in `parl_core.attack`; `steps` may be a
-    dict per attack ({"square": 1000, "default": 50}); `restarts` applies to PGD, APGD,
-    Square and MI-DI.
+    APGD-DLR, Square, MI-DI, "apgd-t": AutoAttack's targeted APGD, "pgd-vote": PGD on the
+    vote loss). Attack parameters as in `parl_core.attack`; `steps` may be a dict per
+    attack ({"square": 1000, "default": 50}); `restarts` applies to PGD, PGD-vote, APGD
+    (APGD-T: one target each), Square and MI-DI.
     restart_select: how PGD's restarts combine into one verdict per example —
       "target": robust only if the scored model classifies every restart's example
         correctly (the worst case; default white-box);

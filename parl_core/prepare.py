@@ -9,6 +9,9 @@ For each checkpoint, at the settings the pages open with (DEFAULTS, ANALYSIS_N a
              the first min(450, N) test images of the evaluation order, the unbiased
              minibatch estimator with batches of 128
   cosdist    the members' loss-gradient cosines over the same images (Gradients, Lesson)
+  layercos   per layer, the members' mean pairwise layer-gradient cosine over the same
+             images with F^k read before batch norm, PARL's default (Gradients, "What R
+             measures"); skipped for a single-member checkpoint (no pair)
   eval       black-box robustness from the surrogate the Robustness page picks by default
              (a checkpoint of the same dataset whose name contains "surrogate", else the
              first other one by name), crafted once for every target that shares it;
@@ -17,7 +20,7 @@ For each checkpoint, at the settings the pages open with (DEFAULTS, ANALYSIS_N a
              largest ε, min(n, 200) examples
 
 Results go where the pages look: `<folder>/.cache/` in the format of
-parl_core.stored_results (cka, cosdist, transfer) and parl_core.checkpoint_eval (eval).
+parl_core.stored_results (cka, cosdist, layercos, transfer) and parl_core.checkpoint_eval (eval).
 A result already there is not computed again.
 """
 from __future__ import annotations
@@ -31,9 +34,11 @@ from .progress import Progress, format_seconds
 __all__ = ["prepare", "evaluation_defaults", "default_surrogate", "analysis_settings",
            "WHAT", "ANALYSIS_N", "DEFAULTS"]
 
-WHAT = ("cka", "cosdist", "eval", "transfer")
+WHAT = ("cka", "cosdist", "layercos", "eval", "transfer")
 ANALYSIS_N = 450  # test images for CKA and the cosine distributions (capped by the test set)
-DEFAULTS = {"cka_batch": 128, "estimator": "minibatch", "layer": None, "transfer_n": 200}
+# feature: the Gradients page's default reading of F^k in "What R measures" (PARL's own)
+DEFAULTS = {"cka_batch": 128, "estimator": "minibatch", "layer": None, "transfer_n": 200,
+            "feature": "pre_bn"}
 # The Robustness page's opening settings (dashboard/robust.py): CIFAR's are those of the
 # shipped results; elsewhere a few seconds on a CPU, the paper's attacks on a GPU.
 EVAL_BY_DATASET = {"cifar10": {"attacks": ["fgsm", "bim", "mim", "pgd"], "steps": 20, "restarts": 1, "n": 1000},
@@ -53,10 +58,12 @@ def evaluation_defaults(dataset: str, n_test: int, on_cpu: bool) -> dict:
 
 def analysis_settings(dataset: str, n_test: int) -> dict:
     """The store-key settings of the Diversity and Gradients pages' opening views:
-    {"cka": [dataset, n, batch, estimator], "cosdist": [dataset, n, layer]}."""
+    {"cka": [dataset, n, batch, estimator], "cosdist": [dataset, n, layer],
+    "layercos": [dataset, n, feature]}."""
     n = min(ANALYSIS_N, int(n_test))
     return {"cka": [dataset, n, DEFAULTS["cka_batch"], DEFAULTS["estimator"]],
-            "cosdist": [dataset, n, DEFAULTS["layer"]]}
+            "cosdist": [dataset, n, DEFAULTS["layer"]],
+            "layercos": [dataset, n, DEFAULTS["feature"]]}
 
 
 def default_surrogate(path, folder=None) -> Path | None:
@@ -114,7 +121,7 @@ def _check_paths(paths) -> list[Path]:
 
 
 def _analysis(path: Path, what: str, data_root, device, report, progress) -> None:
-    """CKA, cosdist or transfer of one checkpoint, unless stored already."""
+    """CKA, cosdist, layercos or transfer of one checkpoint, unless stored already."""
     from .checkpoints import file_hash, load_checkpoint, read_metadata
     from .data import load_dataset
     from .stored_results import load_result, save_result
@@ -135,12 +142,19 @@ def _analysis(path: Path, what: str, data_root, device, report, progress) -> Non
         return
     t0 = time.perf_counter()
     ens = load_checkpoint(path, device=device)[0]
+    if what == "layercos" and len(ens.members) < 2:
+        report.append(Prepared(path.stem, what, "skipped", "a single member has no pair, so no pairwise cosine"))
+        progress.note(f"{path.stem}: {what} skipped ({report[-1].detail})")
+        return
     if what == "cka":
         from .cka import ensemble_cka
         value = ensemble_cka(ens, ds.images, batch_size=settings[2], estimator=settings[3])
     elif what == "cosdist":
         from .gradients import cosine_distribution
         value = cosine_distribution(ens, ds.images, ds.labels, layer=settings[2])
+    elif what == "layercos":
+        from .stored_results import layercos_value
+        value = layercos_value(ens, ds.images, settings[2])
     else:
         from .evaluate import transferability_matrix
         value = transferability_matrix(ens, ds.images, ds.labels, attack=settings[2], eps=settings[3],
@@ -238,9 +252,10 @@ def add_prepare_command(sub, common) -> None:
     p = sub.add_parser(
         "prepare", parents=[common], help="compute the dashboard's results ahead of time",
         description="Compute, for each checkpoint, the results the dashboard's analysis pages "
-                    "open on (layer-wise CKA, gradient-cosine distributions, black-box robustness "
-                    "from the default surrogate, the member transfer matrix) at the pages' default "
-                    "settings, and store them beside the checkpoint (its folder's .cache/), so "
+                    "open on (layer-wise CKA, gradient-cosine distributions, per-layer layer-gradient "
+                    "cosines, black-box robustness from the default surrogate, the member transfer "
+                    "matrix) at the pages' default settings, and store them beside the checkpoint "
+                    "(its folder's .cache/), so "
                     "every page shows its figure at once. Results already there are kept.")
     p.add_argument("checkpoint", nargs="+", help="checkpoint file(s)")
     p.add_argument("--only", default=",".join(WHAT),

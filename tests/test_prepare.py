@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 import parl_core as pc
@@ -11,9 +12,9 @@ from parl_core import prepare as prep
 from parl_core.cli import main
 
 
-def _tiny(folder, name, method, seed, params=None):
+def _tiny(folder, name, method, seed, params=None, members=2):
     test = pc.load_dataset("digits", "test")
-    ens = pc.build_ensemble("smallcnn", 2, test, seed=seed, width=4)
+    ens = pc.build_ensemble("smallcnn", members, test, seed=seed, width=4)
     pc.save_checkpoint(folder / f"{name}.safetensors", ens, {
         "dataset": "digits", "classes": test.classes, "input_shape": [1, 8, 8], "method": method,
         "params": params or {}, "seed": seed, "epochs": 0, "epochs_done": 0, "train_size": 0,
@@ -46,12 +47,12 @@ def prepared(folder):
 def test_prepare_stores_every_kind_with_progress(folder, prepared):
     out, err = prepared
     cache = folder / ".cache"
-    for kind in ("cka", "cosdist", "transfer", "eval"):
+    for kind in ("cka", "cosdist", "layercos", "transfer", "eval"):
         for stem in ("digits_parl", "digits_ens_u"):
             assert len(list(cache.glob(f"{kind}_{stem}_*.json"))) == 1, (kind, stem)
     assert not list(cache.glob("*_digits_surrogate_*"))  # only what was asked
-    assert out.count("computed") == 8 and "black-box from digits_surrogate" in out
-    assert "prepare" in err and "eval" in err  # progress lines on stderr
+    assert out.count("computed") == 10 and "black-box from digits_surrogate" in out
+    assert "prepare" in err and "eval" in err and "layercos computed" in err  # progress lines on stderr
     rec = json.loads(next(cache.glob("cka_digits_parl_*.json")).read_text())["key"]
     assert rec["kind"] == "cka" and rec["checkpoint_hash"] == pc.file_hash(folder / "digits_parl.safetensors")
 
@@ -61,7 +62,7 @@ def test_a_second_run_computes_nothing(folder, prepared, capsys):
     assert main(["prepare", str(folder / "digits_parl.safetensors"), str(folder / "digits_ens_u.safetensors"),
                  "--quiet", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "computed" not in out and out.count("already there") == 8
+    assert "computed" not in out and out.count("already there") == 10
     assert before == {f: f.stat().st_mtime_ns for f in (folder / ".cache").glob("*.json")}
 
 
@@ -77,10 +78,39 @@ def test_the_pages_open_on_the_prepared_results(folder, prepared, monkeypatch):
     rerun(at)
     assert not [b for b in at.button if b.key == "gr_dist_go"]
     assert any("Median cosine" in m.value for m in at.markdown)
+    assert at.radio(key="k_gr_feature").value == prep.DEFAULTS["feature"]  # the panel's default
+    assert not [b for b in at.button if b.key == "gr_rk_go"]  # "What R measures" drawn at once
+    assert any(m.value.startswith("With F^k") and "ENS_U (digits_ens_u)" in m.value
+               and "PARL (digits_parl)" in m.value for m in at.markdown)
     at.switch_page("pages/robustness.py")
     rerun(at)
     assert not [b for b in at.button if b.key in ("rb_go", "rb_t_go")]
     assert any("fooled" in c.value.lower() or "Accuracy of each member" in c.value for c in at.caption)
+
+
+def test_layer_cosines_are_the_gradients_panels(folder, prepared):
+    """The stored per-layer cosines are pc.layer_cosines at the panel's default feature on the
+    first min(450, N) test images of the evaluation order (the panel's default n)."""
+    from dashboard import findings_r
+    from parl_core.stored_results import load_result
+    assert prep.DEFAULTS["feature"] == list(findings_r.FEATURE_WORDS)[0] == "pre_bn"
+    path = folder / "digits_parl.safetensors"
+    test = pc.load_dataset("digits", "test")
+    settings = prep.analysis_settings("digits", len(test))["layercos"]
+    assert settings == ["digits", min(prep.ANALYSIS_N, len(test)), "pre_bn"]
+    ds = pc.evaluation_subset(test, settings[1])
+    value = load_result("layercos", path, pc.file_hash(path), prep._fingerprint(ds), settings)
+    ens, _ = pc.load_checkpoint(path, device="cpu")
+    want = pc.layer_cosines(ens, ds.images, feature="pre_bn").numpy()
+    assert value["n"] == settings[1] and value["feature"] == "pre_bn" and value["members"] == 2
+    assert np.allclose(value["per_layer"], want, atol=1e-5) and len(want) == ens.members[0].num_layers
+
+
+def test_a_single_member_checkpoint_has_no_layer_cosines(tmp_path):
+    one = _tiny(tmp_path, "digits_single", "ce_only", 3, members=1)
+    (r,) = prep.prepare([one], what=["layercos"], surrogate=None, device="cpu", quiet=True)
+    assert (r.what, r.status) == ("layercos", "skipped") and "single member" in r.detail
+    assert not list((tmp_path / ".cache").glob("layercos_*"))
 
 
 def test_defaults_are_the_robustness_pages():
