@@ -1,6 +1,8 @@
 """The Playground's core (parl_core.playground) and figures (parl_core.plots.playground):
 regions, boundaries and arrows agree with the models themselves; the session is the
 one trainer; alignment numbers obey their known bounds."""
+from pathlib import Path
+
 import numpy as np
 import plotly.graph_objects as go
 import pytest
@@ -383,3 +385,21 @@ def test_next_views_hands_out_every_trained_epoch_once_in_order(live):
     assert v.epoch == live.epoch
     with pytest.raises(ValueError, match="limit"):
         live.next_views(0)
+
+
+def test_the_first_live_run_warms_up_torch_in_the_background():
+    """A fresh process: making a LiveRun starts importing torch._dynamo (what the first
+    optimizer step would import, 1-2 s) in the background, so Play's first epoch is fast."""
+    import subprocess
+    import sys
+    code = ("import sys, time\n"
+            "from parl_core.playground_live import LiveRun\n"
+            "from parl_core.playground import PlaygroundConfig\n"
+            "assert 'torch._dynamo' not in sys.modules\n"
+            "LiveRun({'PARL': PlaygroundConfig(n_samples=40)}, grid=8, arrows=3)\n"
+            "t = time.monotonic()\n"
+            "while 'torch._dynamo' not in sys.modules and time.monotonic() - t < 60: time.sleep(0.05)\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "True", out.stderr[-2000:]
