@@ -14,6 +14,11 @@ For each target, on the first --n test examples of the canonical evaluation orde
   checks      every evaluation's masking checks, and white-box <= black-box per ε
               (`parl_core.white_below_black`)
   paired      each target minus the first on the same examples (exact McNemar test)
+  transfer    PGD and MI-DI from several surrogates (`parl_core.surrogates.transfer_suite`):
+              the shipped one (ENS_U, another seed), one of another architecture and, on
+              digits, one trained with PARL (another seed), and the worst over surrogates
+              per example; the extra surrogates are trained on first use into --surrogates
+              (an ignored folder; the train commands are printed and resumable)
 
     python -m bench.table_suite --dataset cifar10 --data-root ../shared/data --threads 2
     python -m bench.table_suite --dataset digits
@@ -39,8 +44,18 @@ SETUPS = {
                     eps=(0.01, 0.03, 0.05, 0.07), steps=20, n=1000),
     "digits": dict(targets=("digits_ens_u", "digits_parl", "digits_adp", "digits_gal",
                             "digits_dverge", "digits_trs"), surrogate="digits_surrogate",
-                   eps=(0.1, 0.2, 0.3), steps=20, n=1000),
+                   eps=(0.1, 0.2, 0.3), steps=20, n=450),
 }
+# Surrogates beside the shipped one: (label, train arguments); trained like the targets.
+TRAIN_COMMON = {"digits": ["--dataset", "digits", "--members", "3", "--epochs", "15", "--batch-size", "64"],
+                "cifar10": ["--dataset", "cifar10", "--members", "3", "--epochs", "15", "--batch-size", "128",
+                            "--lr", "1e-3"]}
+EXTRA_SURROGATES = {
+    "digits": (("resnet20", ["--arch", "resnet20", "--method", "ce_only", "--seed", "100"]),
+               ("parl", ["--method", "parl", "--seed", "100"])),
+    "cifar10": (("smallcnn", ["--arch", "smallcnn", "--method", "ce_only", "--seed", "100"]),),
+}
+TRANSFER = ("pgd", "mi-di")
 BLACK_EXTRA = ("apgd-ce", "apgd-dlr", "pgd-vote", "square")
 WHITE = ("pgd", "apgd-ce", "apgd-dlr", "square")
 
@@ -74,7 +89,36 @@ def measure(args):
         rest = evaluate_per_attack([p], attacks=list(WHITE[1:]), eps=list(cfg["eps"]),
                                    on_attack=log, **kw)
         white.append(merge_results([pgd[0], rest[0]]))
-    return cfg, paths, black, white
+    suites = transfer(args, paths, sur, cfg, kw)
+    return cfg, paths, black, white, suites
+
+
+def extra_surrogates(args) -> list:
+    """The extra surrogates' paths, each trained first when missing (resumed when
+    interrupted): `python -m parl_core train ...` as printed."""
+    import subprocess
+    out = []
+    folder = Path(args.surrogates)
+    for label, extra in EXTRA_SURROGATES[args.dataset]:
+        path = folder / f"{args.dataset}_surrogate_{label}.safetensors"
+        argv = [sys.executable, "-m", "parl_core", "train", *TRAIN_COMMON[args.dataset], *extra,
+                "--out", str(path), "--quiet"] + (["--data-root", args.data_root] if args.data_root else []) \
+            + (["--threads", str(args.threads)] if args.threads else [])
+        done = path.is_file() and not path.with_name(path.name + ".resume.pt").is_file()
+        if not done:
+            resume = path.with_name(path.name + ".resume.pt").is_file()
+            _note("training surrogate: " + " ".join(argv[1:]) + (" --resume" if resume else ""))
+            subprocess.run(argv + (["--resume"] if resume else []), check=True)
+        out.append(str(path))
+    return out
+
+
+def transfer(args, paths, shipped, cfg, kw):
+    from parl_core.surrogates import transfer_suite
+    surrogates = [shipped] + extra_surrogates(args)
+    _note("transfer from " + ", ".join(Path(s).stem for s in surrogates))
+    return transfer_suite(paths, surrogates, attacks=list(TRANSFER), eps=list(cfg["eps"]),
+                          **dict(kw, steps=cfg["steps"]))
 
 
 def _cell(row) -> str:
@@ -132,6 +176,34 @@ def _paired(results, names, eps) -> list:
     return out + [""]
 
 
+def _describe(label, result) -> str:
+    """A surrogate as what it is: method, architecture, seed (from its checkpoint)."""
+    from parl_core.checkpoints import read_metadata
+    try:
+        m = read_metadata(result.settings["surrogate"])
+        return (f"{label} ({pc.method_label(m.get('method') or '?')}, {m['model'].get('arch')}, "
+                f"seed {m.get('seed')})")
+    except (OSError, ValueError, KeyError, TypeError):
+        return label
+
+
+def _transfer_table(suites, names, eps) -> list:
+    labels = list(suites[0].per_surrogate)
+    described = {lab: _describe(lab, suites[0].per_surrogate[lab]) for lab in labels}
+    lines = ["| attack | ε | surrogate | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+    for a in TRANSFER:
+        for e in eps:
+            for lab in labels + ["worst"]:
+                cells = []
+                for s in suites:
+                    r = s.worst if lab == "worst" else s.per_surrogate[lab]
+                    t = r.table
+                    hit = t[(t.attack == a) & ((t.eps - e).abs() < 1e-9)]
+                    cells.append(_cell(hit.iloc[0]) if len(hit) else "–")
+                lines.append(f"| {a} | {e:g} | {described.get(lab, lab)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", choices=sorted(SETUPS), default="cifar10")
@@ -141,11 +213,13 @@ def main(argv=None):
     ap.add_argument("--square-queries", type=int, default=200)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default="docs/evaluation")
+    ap.add_argument("--surrogates", default="reports/surrogates",
+                    help="where the extra surrogates are trained (kept between runs)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    cfg, paths, black, white = measure(args)
+    cfg, paths, black, white, suites = measure(args)
     names = [pc.method_label(r.settings.get("method") or "?") for r in black]
     eps = list(cfg["eps"])
     wbb = [pc.white_below_black(w, b) for w, b in zip(white, black)]
@@ -165,6 +239,10 @@ def main(argv=None):
     text += _checks(white, names, "white-box") + _paired(white, names, eps)
     text += ["**White-box ≤ black-box** (every attack and ε both tables have):", ""]
     text += [f"- {n}: {'ok' if c['ok'] else 'FAILED'}: {c['detail']}" for n, c in zip(names, wbb)] + [""]
+    text += ["## Transfer from several surrogates (PGD, MI-DI)", "",
+             "Each surrogate's examples scored on every target; *worst*: per example, robust only "
+             "if no surrogate's examples fool it.", ""]
+    text += _transfer_table(suites, names, eps) + [""]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.dataset}.md").write_text("\n".join(text))

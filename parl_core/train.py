@@ -58,6 +58,9 @@ def build_ensemble(arch: str, members: int, dataset: Dataset, *, seed: int = 0, 
     from .models import build_model
     if not isinstance(members, int) or members < 1:
         raise ValueError(f"members must be an int >= 1, got {members!r}")
+    if arch == "mlp" and len(dataset.input_shape) != 1:
+        raise ValueError(f"arch 'mlp' takes vector inputs (the 2-D sets); {dataset.name} holds images "
+                         f"of shape {tuple(dataset.input_shape)}: use smallcnn or resnet20")
     in_ch = dataset.input_shape[0]
     return Ensemble([build_model(arch, dataset.num_classes, in_ch, mean=dataset.mean,
                                  std=dataset.std, seed=seed + i, **kwargs) for i in range(members)])

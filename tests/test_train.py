@@ -105,3 +105,9 @@ def test_weight_decay_and_the_canonical_eval_subset():
     assert runs[0.0][0][-1]["test_acc"] == pytest.approx(acc)
     with pytest.raises(ValueError, match="weight_decay"):
         pc.train(ens, train, test, method="ce_only", epochs=1, weight_decay=float("nan"))
+
+
+def test_an_mlp_is_refused_for_images_with_the_architectures_that_fit():
+    ds = pc.load_dataset("digits", "train")
+    with pytest.raises(ValueError, match="vector inputs.*smallcnn or resnet20"):
+        pc.build_ensemble("mlp", 2, ds)
