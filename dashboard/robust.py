@@ -68,7 +68,10 @@ ATTACK_HELP = ("The paper's four — FGSM: one step of ε. BIM: many small steps
                "AutoAttack's PGD with its own step-size schedule, on cross-entropy / on the DLR margin. "
                "Square: gradient-free random search (a masking check: it should not beat the gradient "
                "attacks). MI-DI: MIM through a random resize-and-pad of the image at each step (Xie et "
-               "al. 2019), a transfer attack made not to over-fit the surrogate.")
+               "al. 2019), a transfer attack made not to over-fit the surrogate. APGD-T: AutoAttack's "
+               "targeted APGD, each restart aimed at the next most likely wrong class. PGD-vote: PGD on "
+               "the vote loss, pushing a majority of members to one wrong class (an attack on the vote "
+               "itself).")
 PAPER = {"attacks": list(pc.ATTACKS), "steps": 50, "restarts": 10, "n": 1000}  # Section 5.1
 
 

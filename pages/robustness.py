@@ -46,9 +46,7 @@ st.session_state[key("n")] = min(st.session_state[key("n")], n_test)  # the test
 grid = pc.default_eps_grid(dataset)
 c = st.columns([2, 3, 2])
 attacks = c[0].multiselect("Attacks", list(pc.ALL_ATTACKS), key=key("attacks"), format_func=str.upper,
-                           help=robust.ATTACK_HELP + " APGD-T: AutoAttack's targeted APGD, each restart "
-                                "aimed at the next most likely wrong class. PGD-vote: PGD on the vote loss, "
-                                "pushing a majority of members to one wrong class (an attack on the vote itself).")
+                           help=robust.ATTACK_HELP)
 state.default(f"{K}rb_eps_{dataset}", ", ".join(f"{e:g}" for e in grid))
 eps_text = c[1].text_input("ε grid (pixel units, comma-separated)", key=f"{K}rb_eps_{dataset}",
                            help=f"Default for {dataset}: {grid}. The paper's CIFAR grid is 0.01 … 0.07 "
