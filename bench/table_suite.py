@@ -164,6 +164,26 @@ def _checks(results, names, title) -> list:
     return out + [""]
 
 
+def _findings(results, names, eps, threat) -> str:
+    """One computed sentence: which ensembles' worst-case accuracy differs from the first's
+    (exact McNemar p < 0.05) at which ε, and plainly when none does."""
+    up, down = [], []
+    for name, r in list(zip(names, results))[1:]:
+        cmp = paired_comparison(results[0], r)
+        for x in cmp[cmp.attack == "worst-case"].itertuples():
+            if x.p_value < 0.05 and any(abs(x.eps - e) < 1e-9 for e in eps):
+                (up if x.diff > 0 else down).append(f"{name} at ε {x.eps:g} ({100 * x.diff:+.1f} points, "
+                                                     f"p = {x.p_value:.2g})")
+    if not up and not down:
+        return (f"**{threat}, worst case over the attacks:** no ensemble differs from {names[0]} beyond "
+                f"noise at any ε (exact McNemar p ≥ 0.05): the expected advantage of the diversity "
+                f"methods does not show here.")
+    return (f"**{threat}, worst case over the attacks, against {names[0]} (p < 0.05):** "
+            + (f"above: {'; '.join(up)}. " if up else "none above. ")
+            + (f"below: {'; '.join(down)}." if down else "none below.")
+            + ("" if any(u.startswith("PARL ") for u in up) else " PARL is not above it at any ε."))
+
+
 def _paired(results, names, eps) -> list:
     out = [f"**Paired, same examples, minus {names[0]}** (points, 95 % interval, exact McNemar p):", ""]
     for name, r in list(zip(names, results))[1:]:
@@ -233,6 +253,7 @@ def main(argv=None):
             f"`{cfg['surrogate']}` (restart rule {s.get('restart_select')}), white-box on each "
             "target. Accuracy of the majority vote, % [95 % Wilson interval]; worst-case: per "
             "example, the minimum over the attacks of that table.", "",
+            _findings(black, names, eps, "Black-box"), "", _findings(white, names, eps, "White-box"), "",
             "## Black-box (transfer from the surrogate)", "", _long_table(black, names, eps), ""]
     text += _checks(black, names, "black-box") + _paired(black, names, eps)
     text += ["## White-box (on each target)", "", _long_table(white, names, eps), ""]
