@@ -19,6 +19,7 @@ from .cka import linear_cka, unbiased_cka, minibatch_cka, layerwise_cka, ensembl
 from .attacks import ALL_ATTACKS, EXTRA_ATTACKS  # noqa: E402
 from .evaluate import attack, attack_restarts, ATTACKS, robustness_curve, transferability_matrix, RobustnessResult, wilson_interval  # noqa: E402
 from .checkpoint_eval import evaluate_checkpoint, evaluate_checkpoints, cached_evaluation  # noqa: E402
+from .per_attack import evaluate_per_attack, merge_results  # noqa: E402
 from .stats import paired_comparison, paired_difference  # noqa: E402
 from .surrogates import transfer_suite, worst_over_surrogates, SurrogateSuite  # noqa: E402
 from .diagnostics import step_convergence, white_below_black  # noqa: E402
