@@ -19,3 +19,6 @@ python -m parl_core evaluate $C/cifar10_parl.safetensors --target $C/cifar10_ens
   --surrogate $C/cifar10_surrogate.safetensors --n 1000 --steps 20 --restarts 1
 # The closing table (also caches white-box PGD on the same images).
 python -m bench.table_cifar
+# The analysis pages' stored results (CKA, gradient cosines, per-layer cosines), then the full suite.
+python -m parl_core prepare $C/cifar10_ens_u.safetensors $C/cifar10_parl.safetensors --only cka,cosdist,layercos
+python -m bench.table_suite --dataset cifar10 --data-root ../shared/data
