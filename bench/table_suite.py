@@ -247,7 +247,8 @@ def main(argv=None):
     s = black[0].settings
     text = [f"# The attack suite on the shipped {args.dataset} ensembles", "",
             f"`{cmd}` ({(time.perf_counter() - t0) / 60:.0f} min of this run; cached evaluations "
-            f"are reused). {s['n']} test examples ({s.get('data_source')}), {cfg['steps']} steps "
+            f"are reused). The first {s['n']} test images of the canonical evaluation order (image "
+            f"fingerprint {s.get('data_fingerprint')}), {cfg['steps']} steps "
             f"(step ε/5 for BIM/MIM/PGD/PGD-vote, APGD's own schedule), Square "
             f"{args.square_queries} queries, 1 restart; black-box crafted on "
             f"`{cfg['surrogate']}` (restart rule {s.get('restart_select')}), white-box on each "
