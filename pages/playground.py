@@ -35,7 +35,9 @@ from parl_core.plots.playground import alignment_figure, layer_cosine_figure, tr
 
 BATCH_S = 0.4   # play mode: the fragment collects the epochs trained since its last run this often
 FRAME_MS = 100  # the canvas draws at most one epoch per FRAME_MS (10 per second)
-AHEAD = 8       # epochs the background run may train beyond what the page has taken
+AHEAD = 10      # epochs the background run may train beyond what the page has taken
+PER_BATCH = 8   # epochs handed to the canvas per rerun: about what it shows until the next one, so
+                # training waits for the screen (no epoch dropped) and the canvas keeps a few in hand
 DEFAULT = PlaygroundConfig()
 P = "k_pg_"  # widget keys (state.KEEP prefix: kept while another page is shown)
 S = st.session_state
@@ -205,7 +207,7 @@ def live_view() -> None:
     playing = live.playing
     if live.error:
         st.error(f"Training stopped: {live.error}. Press Reset or change a setting.")
-    views = live.next_views() if playing else [live.current()]
+    views = live.next_views(PER_BATCH) if playing else [live.current()]
     view = views[-1]
     status_line(view, live)
     result = playground_canvas(frames_payload(views, playing=playing, frame_ms=FRAME_MS), key="pg_canvas",

@@ -58,6 +58,7 @@ function unpackAll(bytes) {  // one frame, or a "PGF1" message of several
 }
 
 const MAX_QUEUE = 24;  // a browser slower than training drops the oldest queued epochs
+const CATCH_UP = 8;   // more queued than this: draw at twice the pace until caught up
 
 function receive(st, frames) {
   const last = frames[frames.length - 1];
@@ -74,13 +75,17 @@ function receive(st, frames) {
   if (st.queue.length > MAX_QUEUE) st.queue.splice(0, st.queue.length - MAX_QUEUE);
   if (!st.payload) { st.payload = st.queue.shift() || last; draw(st); }
   const ms = last.head.frame_ms || 100;
-  if (!st.timer || st.timerMs !== ms) {
+  if (!st.timer || st.timerMs !== ms) {  // ticks at half the frame interval
     if (st.timer) clearInterval(st.timer);
     st.timerMs = ms;
+    st.lastDraw = 0;
     st.timer = setInterval(() => {
       if (!st.canvas.isConnected) { clearInterval(st.timer); st.timer = null; return; }
-      if (st.queue.length) { st.payload = st.queue.shift(); draw(st); }
-    }, ms);
+      const now = performance.now();
+      if (st.queue.length && (now - st.lastDraw >= ms - 2 || st.queue.length > CATCH_UP)) {
+        st.payload = st.queue.shift(); st.lastDraw = now; draw(st);
+      }
+    }, ms / 2);
   }
 }
 
