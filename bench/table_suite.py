@@ -159,7 +159,8 @@ def _checks(results, names, title) -> list:
     out = [f"**Checks, {title}:**", ""]
     for name, r in zip(names, results):
         bad = [c for c in r.checks if not c["ok"]]
-        out.append(f"- {name}: {len(r.checks) - len(bad)}/{len(r.checks)} passed"
+        out.append(f"- {name}: {len(r.checks) - len(bad)}/{len(r.checks)} passed ("
+                   + ", ".join(c["check"] for c in r.checks if c["ok"]) + ")"
                    + ("" if not bad else "; failed: " + " · ".join(c["detail"] for c in bad)))
     return out + [""]
 
