@@ -243,21 +243,28 @@ def test_gradient_free_check_flags_square_beating_every_gradient_attack():
 
 def test_shipped_results_keep_their_cache_keys():
     """New options enter the cache key only when used: every shipped result is still found
-    under the settings it records."""
-    shipped = sorted((CKPT / ".cache").glob("eval_*.json"))
+    under the settings it records (the "more steps" check and MI-DI's transform only in the
+    results that used them)."""
+    import subprocess
+    listed = subprocess.run(["git", "ls-files", "checkpoints/.cache"], cwd=CKPT.parent,
+                            capture_output=True, text=True).stdout.split()
+    shipped = sorted(CKPT.parent / f for f in listed if Path(f).name.startswith("eval_"))  # not local ones
     if not shipped:
         pytest.skip("no shipped evaluation results in checkpoints/.cache")
     for f in shipped:
         s = json.loads(f.read_text())["settings"]
         kw = {k: s[k] for k in ("n_examples", "seed", "attacks", "eps", "steps", "step_size",
                                 "restarts", "decay", "early_stop", "loss", "restart_select")}
+        kw["convergence"] = bool(s.get("convergence", False))
         sur = CKPT / Path(s["surrogate"]).name if s.get("surrogate") else None
         try:
             key, file = checkpoint_eval._resolve(CKPT / Path(s["checkpoint"]).name, sur,
                                                  batch_size=None, data_root=None, **kw)
         except FileNotFoundError as e:
             pytest.skip(f"the shipped results' dataset is not here: {e}")
-        assert file == f and "convergence" not in key and "mi_di" not in key
+        assert file == f
+        assert ("convergence" in key) == kw["convergence"]
+        assert ("mi_di" in key) == ("mi-di" in kw["attacks"]) and key.get("mi_di") == s.get("mi_di")
         assert pc.cached_evaluation(CKPT / Path(s["checkpoint"]).name, surrogate=sur, **kw) is not None
 
 
