@@ -113,3 +113,17 @@ NOT_A_MODULE = 3
 
 def make_not_a_module():
     return "not a module"
+
+
+def save_user_net_ensemble(folder, name: str = "user_net", members: int = 2):
+    """A digits checkpoint of `members` user-defined `make_user_net` models (seeded), as the
+    dashboard sees one imported by its operator; returns its path. The server needs
+    PARL_MODEL_FACTORIES=import_helpers:make_user_net to open it."""
+    import parl_core as pc
+    torch.manual_seed(0)
+    ens = pc.Ensemble([pc.hooked.HookedModel(make_user_net(), num_classes=10, in_channels=1,
+                                             factory="import_helpers:make_user_net")
+                       for _ in range(members)])
+    path = folder / f"{name}.safetensors"
+    pc.save_checkpoint(path, ens, {"dataset": "digits", "method": "ce_only"})
+    return path

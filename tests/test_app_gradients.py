@@ -328,13 +328,8 @@ def test_what_r_measures_per_definition_on_request_and_in_the_link(app_env):
 def test_what_r_measures_says_when_a_definition_is_not_offered(private_checkpoints, monkeypatch):
     """A user-defined model (parl_core.hooked) exposes its layers before batch norm only: the
     panel says so instead of failing, and computes under "pre_bn"."""
-    import torch
-    from import_helpers import make_user_net
-    torch.manual_seed(0)
-    members = [pc.hooked.HookedModel(make_user_net(), num_classes=10, in_channels=1,
-                                     factory="import_helpers:make_user_net") for _ in range(2)]
-    pc.save_checkpoint(private_checkpoints / "user_net.safetensors", pc.Ensemble(members),
-                       {"dataset": "digits", "method": "ce_only"})
+    from import_helpers import save_user_net_ensemble
+    save_user_net_ensemble(private_checkpoints)
     monkeypatch.setenv("PARL_MODEL_FACTORIES", "import_helpers:make_user_net")
     at = open_page(PAGE, query={"feature": "post_relu"})
     at.selectbox(key="k_gr_dist_a").set_value("user_net")

@@ -10,7 +10,7 @@ import torch
 import parl_core as pc
 from conftest import open_page, rerun
 from test_app_cifar_folders import private_checkpoints, shared_checkpoints  # noqa: F401  digits-only folders
-from import_helpers import DvergeWrapper, RefResNet20, UserNet, make_user_net, randomise
+from import_helpers import DvergeWrapper, RefResNet20, UserNet, randomise, save_user_net_ensemble
 
 PAGE = "pages/checkpoints.py"
 MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
@@ -122,11 +122,7 @@ def test_the_dashboard_never_imports_a_user_models_factory(private_checkpoints, 
 def test_a_user_model_opens_where_its_operator_allows_its_factory(private_checkpoints, monkeypatch):
     """PARL_MODEL_FACTORIES, set by whoever starts the server, lets exactly those factories
     be imported: such an ensemble then opens on the analysis pages like any other."""
-    torch.manual_seed(0)
-    members = [pc.hooked.HookedModel(make_user_net(), num_classes=10, in_channels=1,
-                                     factory="import_helpers:make_user_net") for _ in range(2)]
-    pc.save_checkpoint(private_checkpoints / "user_net.safetensors", pc.Ensemble(members),
-                       {"dataset": "digits", "method": "ce_only"})
+    save_user_net_ensemble(private_checkpoints)
     monkeypatch.setenv("PARL_MODEL_FACTORIES", "import_helpers:make_user_net")
     for page in ("pages/gradients.py", "pages/diversity.py", "pages/robustness.py"):
         at = open_page(page, query={"checkpoint": "user_net"})
